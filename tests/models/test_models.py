@@ -1,0 +1,88 @@
+import pytest
+import torch
+from torch import nn
+
+from addernet import Adder2d
+from addernet.models import BasicBlock, Bottleneck, create_model, is_adder_model, list_models
+
+ADDER = [n for n in list_models() if is_adder_model(n)]
+IMAGE = {"resnet20": 32, "resnet32": 32, "resnet18": 32, "resnet50": 32}
+
+
+def test_registry_has_the_paper_models():
+    assert {"adder_resnet20", "adder_resnet32", "adder_resnet18", "adder_resnet50",
+            "resnet20", "resnet32", "resnet18", "resnet50"} <= set(list_models())
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ValueError, match="known models: adder_resnet18"):
+        create_model("adder_resnet21")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_runs_forward_and_backward(name):
+    model = create_model(name, num_classes=7)
+    x = torch.randn(2, 3, IMAGE[name.removeprefix("adder_")], IMAGE[name.removeprefix("adder_")])
+    logits = model(x)
+    assert logits.shape == (2, 7)
+    logits.logsumexp(1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ADDER)
+def test_adder_model_has_the_parameters_of_its_cnn_twin(name):
+    adder, cnn = create_model(name), create_model(name.removeprefix("adder_"))
+    assert [p.shape for p in adder.parameters()] == [p.shape for p in cnn.parameters()]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_layer_placement(name):
+    model = create_model(name)
+    body = Adder2d if is_adder_model(name) else nn.Conv2d
+    # stem and classifier stay multiplicative
+    assert type(model.stem[0]) is nn.Conv2d and type(model.fc) is nn.Conv2d
+    assert isinstance(model.bn_logits, nn.BatchNorm2d)
+    blocks = [b for stage in model.stages for b in stage]
+    assert blocks
+    for block in blocks:
+        pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+        if isinstance(block, Bottleneck):
+            pairs.append((block.conv3, block.bn3))
+        else:
+            assert isinstance(block, BasicBlock)
+        if block.downsample is not None:
+            pairs.append(tuple(block.downsample))
+            assert block.downsample[0].kernel_size == (1, 1)
+        for layer, bn in pairs:
+            assert type(layer) is body
+            assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == layer.out_channels
+    adders = [m for m in model.modules() if isinstance(m, Adder2d)]
+    assert (len(adders) > 0) == is_adder_model(name)
+
+
+def test_cifar_and_imagenet_structure():
+    r20, r32 = create_model("adder_resnet20"), create_model("adder_resnet32")
+    assert [len(s) for s in r20.stages] == [3, 3, 3] and [len(s) for s in r32.stages] == [5, 5, 5]
+    assert [s[0].conv1.out_channels for s in r20.stages] == [16, 32, 64]
+    assert r20.stem[0].kernel_size == (3, 3)
+    r18, r50 = create_model("adder_resnet18"), create_model("adder_resnet50")
+    assert r18.stem[0].kernel_size == (7, 7) and r18.stem[0].stride == (2, 2)
+    assert isinstance(r18.stem[-1], nn.MaxPool2d)
+    assert [len(s) for s in r50.stages] == [3, 4, 6, 3] and isinstance(r50.stages[0][0], Bottleneck)
+    assert r50.fc.in_channels == 2048 and r18.fc.out_channels == 1000
+
+
+def test_init_follows_the_authors():
+    model = create_model("adder_resnet20")
+    w = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, Adder2d)])
+    assert abs(w.std().item() - 1) < 0.02
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+def test_weight_grad_option_reaches_every_adder_layer():
+    model = create_model("adder_resnet20", weight_grad="sign")
+    assert {m.weight_grad for m in model.modules() if isinstance(m, Adder2d)} == {"sign"}
+    with pytest.raises(TypeError, match="adder layers only"):
+        create_model("resnet20", weight_grad="sign")
