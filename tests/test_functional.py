@@ -29,11 +29,12 @@ def run_op(x, weight, bias, conf, weight_grad="full", grad_y=None, **kw):
     return y, x.grad, weight.grad, (bias.grad if bias is not None else None), grad_y
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("weight_grad", ["full", "sign"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_forward_and_gradients_match_brute_force(case, weight_grad):
+def test_forward_and_gradients_match_brute_force(case, weight_grad, backend):
     x, weight, bias, conf = make_case(case)
-    y, gx, gw, gb, gy = run_op(x, weight, bias, conf, weight_grad)
+    y, gx, gw, gb, gy = run_op(x, weight, bias, conf, weight_grad, backend=backend)
     y_ref, gx_ref, gw_ref, gb_ref = adder2d_brute(x, weight, bias, **conf, grad_y=gy, weight_grad=weight_grad)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(gx, gx_ref)
@@ -84,11 +85,12 @@ def test_chunk_boundaries_do_not_change_results(monkeypatch):
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
-def test_low_precision_inputs_keep_dtype_and_accumulate_in_float32(dtype, tol):
+def test_low_precision_inputs_keep_dtype_and_accumulate_in_float32(dtype, tol, backend):
     x, weight, _, conf = make_case(CASES[0], dtype=torch.float32, seed=2)
     x, weight = x.to(dtype), weight.to(dtype)
-    y, gx, gw, _, gy = run_op(x, weight, None, conf)
+    y, gx, gw, _, gy = run_op(x, weight, None, conf, backend=backend)
     assert y.dtype == gx.dtype == gw.dtype == dtype
     y_ref, gx_ref, gw_ref, _ = adder2d_brute(x, weight, **conf, grad_y=gy)
     for got, want in ((y, y_ref), (gx, gx_ref), (gw, gw_ref)):
@@ -133,3 +135,14 @@ def test_bad_arguments_get_clear_errors(call, error, message):
     x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
     with pytest.raises(error, match=message):
         call(x, w)
+
+
+def test_autocast_casts_like_convolution():
+    x = torch.randn(2, 3, 6, 6)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = adder2d(x, weight, padding=1)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert weight.grad.dtype == torch.float32  # the parameter keeps its dtype
+    torch.testing.assert_close(y.float(), adder2d(x.bfloat16(), weight.detach().bfloat16(), padding=1).float())

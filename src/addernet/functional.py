@@ -74,11 +74,25 @@ def _backward(ctx, grad_y):
 _adder2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _autocast(input, weight, bias):
+    device = input.device.type if isinstance(input, torch.Tensor) else None
+    if device is None or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return input, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    return cast(input), cast(weight), cast(bias)
+
+
 def adder2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
             stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
             dilation: int | Sequence[int] = 1, groups: int = 1, weight_grad: str = "full",
             backend: str = "auto") -> torch.Tensor:
-    """Adder layer: negative L1 distance between every filter and every input patch (see module doc)."""
+    """Adder layer: negative L1 distance between every filter and every input patch (see module doc).
+
+    Under ``torch.autocast`` it follows convolution's policy: input, weight and bias are cast to the autocast
+    dtype (the kernels still accumulate in float32).
+    """
+    input, weight, bias = _autocast(input, weight, bias)
     geo = check_geometry(input, weight, stride, padding, dilation, groups)
     if weight_grad not in WEIGHT_GRADS:
         raise ValueError(f"weight_grad must be one of {WEIGHT_GRADS}, got {weight_grad!r}")

@@ -1,0 +1,103 @@
+"""The LightningModule: image classification with any model of :mod:`addernet.models`, trained with AdaLR."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from addernet.adalr import AdaLRStats, AdaptiveLR
+
+CONFIG_KEY = "addernet_config"  # where checkpoints keep the run's resolved config
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy classification with top-1/top-5 accuracy, the best validation accuracy, and AdaLR.
+
+    ``optimizer(params)`` and ``scheduler(optimizer, total_steps)`` are builders (Hydra ``_partial_``);
+    ``adalr`` rescales the adder-layer gradients in :meth:`optimizer_step` (see :mod:`addernet.adalr`).
+    """
+
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, adalr: AdaptiveLR | None = None,
+                 num_classes: int | None = None, run_config: dict | None = None):
+        super().__init__()
+        self.net = net
+        self.optimizer_builder, self.scheduler_builder = optimizer, scheduler
+        self.adalr = adalr or AdaptiveLR(mode="off")
+        self.num_classes = num_classes or net.num_classes
+        self.run_config = run_config  # saved into checkpoints so that eval can rebuild the model
+        self.last_adalr: AdaLRStats | None = None
+        top5 = min(5, self.num_classes)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": MulticlassAccuracy(self.num_classes, top_k=k, average="micro")
+            for stage in ("train", "val", "test") for name, k in (("acc", 1), ("acc_top5", top5))})
+        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")})
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.losses[f"{stage}_loss"](loss.detach(), weight=y.numel())
+        self.metrics[f"{stage}_acc"](logits.detach(), y)
+        self.metrics[f"{stage}_acc_top5"](logits.detach(), y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", self.losses[f"{stage}_loss"], on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=y.numel())
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc_top5", self.metrics[f"{stage}_acc_top5"], on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # sanity-check batches do not count
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.metrics["val_acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        """Apply AdaLR to the final gradient: after accumulation and the DDP all-reduce, before clipping.
+
+        The closure runs forward and backward; Lightning calls it inside ``optimizer.step``. Wrapping it puts
+        AdaLR after the gradient is complete; with a GradScaler the loss scale is still inside the gradient
+        there, and AdaLR keeps it, so the unscaled result equals the float32 one. Clipping (configured on
+        the trainer) acts afterwards, on the rescaled gradient; weight decay and momentum act inside SGD.
+        """
+        def closure_with_adalr():
+            loss = optimizer_closure()
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            self.last_adalr = self.adalr.apply(self.net, scaler.get_scale() if scaler is not None else 1.0)
+            return loss
+
+        optimizer.step(closure=closure_with_adalr)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_builder(params=self.parameters())
+        if self.scheduler_builder is None:
+            return optimizer
+        scheduler = self.scheduler_builder(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint[CONFIG_KEY] = self.run_config

@@ -1,0 +1,8 @@
+"""Data modules: CIFAR-10, an ImageNet subset, and synthetic images that need no files."""
+
+from addernet.data.cifar10 import CIFAR10DataModule
+from addernet.data.errors import DataError
+from addernet.data.imagenet_subset import ImageNetSubsetDataModule
+from addernet.data.synthetic import SyntheticDataModule
+
+__all__ = ["CIFAR10DataModule", "DataError", "ImageNetSubsetDataModule", "SyntheticDataModule"]

@@ -1,0 +1,2 @@
+class DataError(RuntimeError):
+    """Data is missing, unreadable or laid out wrongly; the message says what was looked for and how to fix it."""

@@ -1,0 +1,33 @@
+"""Reading image files: one place for the extensions we accept and how files become RGB pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from addernet.data.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+
+
+def list_class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB (grayscale, palette and RGBA are converted); unreadable files raise DataError."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
+
+
+def load_rgb_array(path: Path) -> np.ndarray:
+    return np.asarray(load_rgb(path), dtype=np.uint8)

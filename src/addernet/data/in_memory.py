@@ -1,0 +1,100 @@
+"""A data module for data sets that fit in memory: decoded once, served as uint8, augmented per batch.
+
+Decoding happens once per process (in ``setup``); loaders serve uint8 tensors, and the per-batch work
+(random crop with padding, horizontal flip, normalisation) runs after the batch reached its device, in
+``on_after_batch_transfer``, so it costs a few tensor operations on the GPU instead of Python per image.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def random_crop_flip(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Per-image random crop (zero padding) and horizontal flip of a (N, C, H, W) batch, on its device."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device)
+    rows = dy + torch.arange(h, device=x.device)[None, :, None]
+    cols = dx + torch.arange(w, device=x.device)[None, None, :]
+    flip = torch.rand(n, 1, 1, device=x.device) < 0.5
+    cols = torch.where(flip, 2 * dx + w - 1 - cols, cols)  # mirror within the crop window
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __init__(self, batch_size: int = 256, num_workers: int = 0, pin_memory: bool = False,
+                 val_size: int = 0, augment: bool = True, crop_padding: int = 4, seed: int = 0,
+                 shuffle: bool = True):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if val_size < 0:
+            raise ValueError(f"data.val_size must be >= 0, got {val_size}")
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.val_size, self.augment, self.crop_padding, self.seed = val_size, augment, crop_padding, seed
+        self.shuffle = shuffle
+        self.splits: dict[str, TensorDataset] | None = None
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int: ...
+
+    @abstractmethod
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (train images, train labels, test images, test labels); images uint8 (N, C, H, W)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        train_x, train_y, test_x, test_y = self.load()
+        splits = {"test": TensorDataset(test_x, test_y)}
+        if self.val_size:
+            if self.val_size >= len(train_y):
+                raise ValueError(f"data.val_size={self.val_size} leaves no training images (train has "
+                                 f"{len(train_y)})")
+            order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.seed))
+            val, train = order[:self.val_size], order[self.val_size:]
+            splits["val"] = TensorDataset(train_x[val], train_y[val])
+            splits["train"] = TensorDataset(train_x[train], train_y[train])
+        else:  # validate on the test split, as the paper reports
+            splits["val"], splits["train"] = splits["test"], TensorDataset(train_x, train_y)
+        self.splits = splits
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float() / 255 - mean) / std
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        x, y = batch
+        if x.dtype != torch.uint8:  # already prepared
+            return batch
+        training = self.trainer is not None and self.trainer.training
+        if training and self.augment and self.crop_padding > 0:
+            x = random_crop_flip(x, self.crop_padding)  # pads with black, before normalisation
+        return self.normalize(x), y

@@ -1,0 +1,104 @@
+"""Training and evaluation runs from a composed Hydra config: what ``src/train.py`` and ``src/eval.py`` call."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from addernet.classifier import CONFIG_KEY, ImageClassifier
+from addernet.models import create_model
+
+METRICS_FILE = "metrics.json"  # each run's final numbers, read by the sweep's results table
+
+
+def use_wandb_offline_without_key() -> None:
+    """W&B needs no account here: with no API key configured, runs are written offline (``wandb sync`` later)."""
+    has_key = os.environ.get("WANDB_API_KEY") or "api.wandb.ai" in _read(Path.home() / ".netrc")
+    if not has_key:
+        os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    Console().print(Syntax(OmegaConf.to_yaml(cfg, resolve=True), "yaml", theme="ansi_dark"))
+
+
+def _instantiate_dict(section: DictConfig | None) -> list:
+    return [instantiate(c) for c in (section or {}).values() if c is not None and "_target_" in c]
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor)) and
+            (not isinstance(v, torch.Tensor) or v.numel() == 1)}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; returns (and writes to ``metrics.json``) the final metrics."""
+    print_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model, num_classes=datamodule.num_classes)
+    module = ImageClassifier(
+        net, optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        adalr=instantiate(cfg.adalr), run_config=OmegaConf.to_container(cfg, resolve=True))
+    if "wandb" in (cfg.get("logger") or {}):
+        use_wandb_offline_without_key()
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")),
+                                      logger=_instantiate_dict(cfg.get("logger")) or False)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _numbers(trainer.callback_metrics)
+    metrics.update(fit_seconds=time.perf_counter() - start, epochs=trainer.current_epoch)
+    if cfg.get("test_after_fit"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule, ckpt_path=best or None)
+        metrics.update(_numbers({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / METRICS_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def load_checkpoint_model(ckpt_path: str | Path) -> tuple[ImageClassifier, dict]:
+    """Rebuild the classifier stored in a checkpoint written by :func:`train` (model from its saved config)."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: pass ckpt_path=<a .ckpt file written by train>")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    config = checkpoint.get(CONFIG_KEY)
+    if not config or "model" not in config:
+        raise ValueError(f"{path} was not written by addernet's train.py: it holds no {CONFIG_KEY!r} entry")
+    options = {k: v for k, v in config["model"].items() if k not in ("_target_", "name")}
+    classes = checkpoint["state_dict"]["net.bn_logits.weight"].numel()
+    net = create_model(config["model"]["name"], num_classes=classes, **options)
+    module = ImageClassifier(net, optimizer=None)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)  # metric states may differ
+    return module, config
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    module, _ = load_checkpoint_model(cfg.ckpt_path)
+    datamodule = instantiate(cfg.data)
+    if datamodule.num_classes != module.num_classes:
+        raise ValueError(f"the checkpoint's model has {module.num_classes} classes but data={cfg.data._target_} "
+                         f"has {datamodule.num_classes}: evaluate on data with the same classes")
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False)
+    trainer.test(module, datamodule)
+    return _numbers({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})

@@ -1,0 +1,19 @@
+"""Evaluate a checkpoint: ``python src/eval.py ckpt_path=PATH data=cifar10`` (top-1, top-5, loss)."""
+
+import dotenv
+import hydra
+from omegaconf import DictConfig
+
+from addernet.training import evaluate
+
+dotenv.load_dotenv()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    for name, value in evaluate(cfg).items():
+        print(f"{name}: {value:.4f}")
+
+
+if __name__ == "__main__":
+    main()

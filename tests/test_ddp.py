@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from addernet.data import SyntheticDataModule
+from lightning_helpers import fit, make_data, make_module
+
+
+class SaveWeights(pl.Callback):
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class FrozenBatchNorm(pl.Callback):
+    """BN with its running statistics: per-rank batch statistics would make the ranks' gradients differ from
+    the single-process one (SyncBatchNorm, which fixes that on GPUs, does not run on the CPU)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        for m in pl_module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
+
+class OrderedShards(SyntheticDataModule):
+    """Rank r takes samples r, r + world, ...: together the ranks see exactly the one-process batches
+    (Lightning's own distributed sampler always shuffles training data)."""
+
+    def train_dataloader(self):
+        sampler = DistributedSampler(self.splits["train"], self.trainer.world_size, self.trainer.global_rank,
+                                     shuffle=False)
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=sampler)
+
+
+def calibrated_module():
+    """The module with BN running statistics taken from one batch: adder outputs are all negative, so the
+    initial statistics (mean 0) would leave ReLU nothing to pass."""
+    module, data = make_module("on", backend="reference"), make_data(batch_size=32)
+    data.setup()
+    images, _ = next(iter(data.train_dataloader()))
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    with torch.no_grad():
+        module.train()(data.normalize(images))
+    return module
+
+
+def test_two_process_ddp_ranks_agree_and_match_one_process_on_the_global_batch(tmp_path):
+    steps = 3
+    fit(calibrated_module(), make_data(batch_size=16), steps=steps,
+        callbacks=[FrozenBatchNorm(), SaveWeights(tmp_path / "single")])
+    fit(calibrated_module(), make_data(batch_size=8, cls=OrderedShards), steps=steps, devices=2,
+        strategy="ddp_spawn", use_distributed_sampler=False, callbacks=[FrozenBatchNorm(), SaveWeights(tmp_path / "ddp")])
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
+    start = calibrated_module().net.state_dict()
+    moved = [k for k in single if k.endswith("weight") and not torch.equal(single[k], start[k])]
+    assert len(moved) > 40  # training really changed the weights
+    for key in single:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)  # identical on all ranks
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
