@@ -57,7 +57,8 @@ def test_two_process_ddp_ranks_agree_and_match_one_process_on_the_global_batch(t
     fit(calibrated_module(), make_data(batch_size=16), steps=steps,
         callbacks=[FrozenBatchNorm(), SaveWeights(tmp_path / "single")])
     fit(calibrated_module(), make_data(batch_size=8, cls=OrderedShards), steps=steps, devices=2,
-        strategy="ddp_spawn", use_distributed_sampler=False, callbacks=[FrozenBatchNorm(), SaveWeights(tmp_path / "ddp")])
+        strategy="ddp_spawn", use_distributed_sampler=False,
+        callbacks=[FrozenBatchNorm(), SaveWeights(tmp_path / "ddp")])
     single = torch.load(tmp_path / "single" / "rank0.pt")
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     start = calibrated_module().net.state_dict()

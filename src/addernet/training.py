@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from addernet.classifier import CONFIG_KEY, ImageClassifier
+from addernet.kernels import set_backend
 from addernet.models import create_model
 
 METRICS_FILE = "metrics.json"  # each run's final numbers, read by the sweep's results table
@@ -50,6 +51,7 @@ def _numbers(metrics: dict) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns (and writes to ``metrics.json``) the final metrics."""
     print_config(cfg)
+    set_backend(cfg.get("adder_backend", "auto"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model, num_classes=datamodule.num_classes)

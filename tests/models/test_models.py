@@ -86,3 +86,14 @@ def test_weight_grad_option_reaches_every_adder_layer():
     assert {m.weight_grad for m in model.modules() if isinstance(m, Adder2d)} == {"sign"}
     with pytest.raises(TypeError, match="adder layers only"):
         create_model("resnet20", weight_grad="sign")
+
+
+def test_whole_adder_network_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    model = create_model("adder_resnet20").eval()
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, model(x))
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 

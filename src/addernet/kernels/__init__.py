@@ -2,16 +2,19 @@
 
 Every backend offers ``forward(x, w, geo)`` and
 ``backward(grad_y, x, w, geo, weight_grad, need_input, need_weight)`` with the semantics documented in
-:mod:`addernet.kernels.unfolded`; the reference backend is the oracle the others are tested against.
+:mod:`addernet.kernels.reference`; the reference backend is the oracle the others are tested against.
 
-``auto`` picks the CPU kernels on the CPU and the reference elsewhere (XLA, MPS, ...).
+``auto`` picks the Triton kernels on CUDA, the CPU kernels on the CPU, and the reference elsewhere (XLA, MPS).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = ("auto", "reference", "cpu", "triton")
 _default_backend = "auto"
 
 
@@ -37,17 +40,34 @@ def choose(name: str, device: torch.device) -> str:
     if name == "auto":
         name = _default_backend
     if name == "auto":
+        if device.type == "cuda" and triton_available():
+            return "triton"
         return "cpu" if device.type == "cpu" else "reference"
     if name == "cpu" and device.type != "cpu":
         raise ValueError(f"adder backend 'cpu' cannot run tensors on {device}; use 'auto' or 'reference'")
+    if name == "triton" and not (device.type == "cuda" or (device.type == "cpu" and _triton_interpreted())):
+        raise ValueError(f"adder backend 'triton' runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1), "
+                         f"not on {device}; use 'auto' or 'reference'")
+    if name == "triton" and not triton_available():
+        raise ValueError("adder backend 'triton' needs the triton package (pip install triton)")
     return name
 
 
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def resolve(name: str, device: torch.device):
-    """The kernels that run ``name`` on ``device``."""
+    """The kernel module (``forward``, ``backward``) that runs ``name`` on ``device``."""
     choice = choose(name, device)
     if choice == "cpu":
-        from addernet.kernels.cpu import KERNELS
+        from addernet.kernels import cpu as kernels
+    elif choice == "triton":
+        from addernet.kernels import triton_kernels as kernels
     else:
-        from addernet.kernels.reference import KERNELS
-    return KERNELS
+        from addernet.kernels import reference as kernels
+    return kernels

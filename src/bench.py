@@ -1,0 +1,78 @@
+"""Benchmark the adder kernels against convolution: ``python src/bench.py [--device cuda] [--json out.json]``.
+
+Prints per-layer tables (forward, forward+backward: time, elements per second, peak memory) for ResNet-20 and
+ResNet-18 layer shapes, then whole-model ResNet-20 training and inference throughput, adder vs CNN twin,
+all measured side by side in one run.
+"""
+
+import argparse
+import json
+import platform
+
+import torch
+
+from addernet import benchmark
+from addernet.kernels import BACKENDS, choose
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch-size", type=int, help="ResNet-20 batch (default: 256 on CUDA, 64 on the CPU)")
+    parser.add_argument("--imagenet-batch-size", type=int, help="ResNet-18 layer batch (default: 32 CUDA, 4 CPU)")
+    parser.add_argument("--backends", nargs="+", choices=[b for b in BACKENDS if b != "auto"],
+                        help="adder backends (default: the fast one for the device, and the reference)")
+    parser.add_argument("--model-backends", nargs="+", choices=[b for b in BACKENDS if b != "auto"],
+                        help="adder backends for whole models (default: the fast one)")
+    parser.add_argument("--shapes", nargs="+", default=["resnet20", "resnet18"], choices=["resnet20", "resnet18"])
+    parser.add_argument("--skip-layers", action="store_true")
+    parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", help="write all measurements to this file")
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    fast = choose("auto", device)
+    backends = args.backends or [fast, "reference"]
+    model_backends = args.model_backends or [fast]
+    batch = args.batch_size or (256 if device.type == "cuda" else 64)
+    imagenet_batch = args.imagenet_batch_size or (32 if device.type == "cuda" else 4)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    print(f"# {name}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.dtype}\n")
+
+    report = {"device": name, "dtype": args.dtype, "torch": torch.__version__, "tables": {}}
+    sections = []
+    if not args.skip_layers:
+        layer_sets = {"resnet20": (benchmark.RESNET20_LAYERS, batch),
+                      "resnet18": (benchmark.RESNET18_LAYERS, imagenet_batch)}
+        for shapes in args.shapes:
+            layers, n = layer_sets[shapes]
+            for backward in (False, True):
+                title = f"{shapes} layers, batch {n}, {'forward+backward' if backward else 'forward'}"
+                sections.append((title, "elements/s", "conv2d", benchmark.bench_layers(
+                    layers, n, backends, device, dtype, args.warmup, args.repeats, backward)))
+    if not args.skip_models:
+        for train in (True, False):
+            title = f"resnet20 whole model, batch {batch}, {'training step' if train else 'inference'}"
+            sections.append((title, "img/s", "cnn", benchmark.bench_model(
+                "resnet20", model_backends, batch, 32, device, dtype, args.warmup, args.repeats, train)))
+    for title, unit, baseline, results in sections:
+        print(f"## {title}\n\n{benchmark.markdown(results, unit, baseline)}\n", flush=True)
+        report["tables"][title] = benchmark.as_dicts(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
