@@ -1,12 +1,16 @@
 """Train a model: ``python src/train.py model=adder_resnet20 data=cifar10 [overrides]`` (``-m`` for sweeps)."""
 
+from pathlib import Path
+
 import dotenv
 import hydra
 from omegaconf import DictConfig
 
+from addernet.sweep import register_sweep_resolver
 from addernet.training import train
 
 dotenv.load_dotenv()  # DATA_DIR, WANDB_* from .env
+register_sweep_resolver(Path(__file__).resolve().parents[1] / "sweeps")  # sweep=NAME reads sweeps/NAME.yaml
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -12,8 +12,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from addernet.sweep import register_sweep_resolver
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+register_sweep_resolver(ROOT / "sweeps")
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None, name: str = "train") -> DictConfig:

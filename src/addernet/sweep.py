@@ -1,67 +1,55 @@
-"""The results table of a multirun: one row per job, printed and written as ``results.md`` in the sweep dir.
+"""Sweeps: their definitions in ``sweeps/`` (W&B's format, read by Hydra too) and the results table.
 
-Each job writes its metrics to ``<job dir>/metrics.json`` (see :func:`addernet.training.train`); the table
-is built from the files, so it works with any Hydra launcher, local or on a cluster.
+A sweep is written once, as a W&B sweep file, and ``${sweep_params:NAME}`` turns its parameters into Hydra
+sweeper parameters, so ``python src/train.py -m sweep=NAME`` and ``wandb sweep sweeps/NAME.yaml`` run the
+same grid. At the end of a multirun the report of :mod:`addernet.report` (a table with one row per setting, and plots)
+is written into the sweep dir and its table printed; it is built from the files each job writes, so it works
+with any Hydra launcher.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from addernet.training import METRICS_FILE
+from addernet.report import write_report
 
-COLUMNS = ("val/acc_best", "val/acc", "test/acc", "test/acc_top5", "epochs", "fit_seconds")
-
-
-def collect_results(sweep_dir: Path) -> list[dict]:
-    """One dict per job directory: its overrides and metrics, or ``status: no result`` if it wrote none."""
-    rows = []
-    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: _job_order(p.parents[1])):
-        job_dir = overrides_file.parents[1]
-        metrics_file = job_dir / METRICS_FILE
-        row = {"job": job_dir.name, "overrides": " ".join(OmegaConf.load(overrides_file))}
-        if metrics_file.is_file():
-            row.update(json.loads(metrics_file.read_text()), status="ok")
+def load_sweep(path: Path) -> dict[str, list]:
+    """The parameters of a W&B sweep file as {override key: list of values}."""
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no sweep file {path}; known sweeps: {', '.join(known)}")
+    spec = yaml.safe_load(path.read_text())
+    params = {}
+    for key, options in spec.get("parameters", {}).items():
+        if "values" in options:
+            params[key] = list(options["values"])
+        elif "value" in options:
+            params[key] = [options["value"]]
         else:
-            row["status"] = "no result (failed or still running)"
-        rows.append(row)
-    return rows
+            raise ValueError(f"{path}: parameter {key!r} needs 'values' or 'value' (grid sweeps only)")
+    return params
 
 
-def _job_order(job_dir: Path):
-    return (0, int(job_dir.name)) if job_dir.name.isdigit() else (1, job_dir.name)
+def register_sweep_resolver(sweeps_dir: Path) -> None:
+    """``${sweep_params:NAME}`` -> Hydra sweeper params ({key: "v1,v2,..."}) of ``sweeps_dir/NAME.yaml``."""
+    def sweep_params(name: str) -> dict[str, str]:
+        params = load_sweep(sweeps_dir / f"{name}.yaml")
+        return {key: ",".join(str(v) for v in values) for key, values in params.items()}
 
-
-def format_table(rows: list[dict]) -> str:
-    header = ["job", "overrides", *COLUMNS, "status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["job"], row["overrides"]]
-        cells += [_fmt(row.get(c)) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells + [row["status"]]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and value <= 1.0:
-        return f"{100 * value:.2f}%"
-    return f"{value:.0f}" if isinstance(value, (int, float)) else str(value)
+    if not OmegaConf.has_resolver("sweep_params"):
+        OmegaConf.register_new_resolver("sweep_params", sweep_params)
 
 
 class ResultsTable(Callback):
-    """Hydra callback: at the end of a multirun, print and save the table of its jobs."""
+    """Hydra callback: at the end of a multirun, write the report of its jobs and print its table."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = collect_results(sweep_dir)
-        if not rows:
+        if not any(sweep_dir.glob("*/.hydra/overrides.yaml")):
             return
-        table = format_table(rows)
-        (sweep_dir / "results.md").write_text(table)
-        print(f"\nResults of {len(rows)} runs ({sweep_dir / 'results.md'}):\n{table}")
+        table = write_report([sweep_dir])
+        print(f"\nResults ({sweep_dir / 'report.md'}):\n{table}")

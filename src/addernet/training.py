@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,6 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         use_wandb_offline_without_key()
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")),
                                       logger=_instantiate_dict(cfg.get("logger")) or False)
+    for logger in trainer.loggers:  # the resolved config, nested, for comparing runs
+        logger.log_hyperparams(module.run_config)
     start = time.perf_counter()
     trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _numbers(trainer.callback_metrics)
@@ -75,7 +78,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         out = Path(cfg.paths.output_dir) / METRICS_FILE
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    _finish_wandb(trainer)
     return metrics
+
+
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """Close this job's W&B run, so that the next job of a multirun starts its own."""
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
 
 
 def load_checkpoint_model(ckpt_path: str | Path) -> tuple[ImageClassifier, dict]:
