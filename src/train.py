@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from addernet.sweep import register_sweep_resolver
-from addernet.training import train
+from addernet.training import run_job, train
 
 dotenv.load_dotenv()  # DATA_DIR, WANDB_* from .env
 register_sweep_resolver(Path(__file__).resolve().parents[1] / "sweeps")  # sweep=NAME reads sweeps/NAME.yaml
@@ -15,7 +15,7 @@ register_sweep_resolver(Path(__file__).resolve().parents[1] / "sweeps")  # sweep
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg).get("val/acc_best", float("nan"))
+    return run_job(cfg, train).get("val/acc_best", float("nan"))
 
 
 if __name__ == "__main__":

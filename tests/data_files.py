@@ -32,7 +32,8 @@ def write_cifar_pickles(root: Path, per_batch: int = 12, seed: int = 0) -> dict[
 
 def write_image_folders(root: Path, splits: dict[str, int], classes=CLASSES, size=(32, 32), ext=".png",
                         seed: int = 0) -> None:
-    """``root/<split>/<class>/<i><ext>``; every third image grayscale and every fifth a palette image."""
+    """``root/<split>/<class>/<i><ext>``; every third image grayscale, every fifth a palette image, every
+    seventh RGBA (not for JPEG, which has no alpha)."""
     rng = np.random.default_rng(seed)
     for split, per_class in splits.items():
         for name in classes:
@@ -45,4 +46,6 @@ def write_image_folders(root: Path, splits: dict[str, int], classes=CLASSES, siz
                     image = image.convert("L")
                 elif i % 5 == 4:
                     image = image.convert("P")
+                elif i % 7 == 6 and ext.lower() == ".png":
+                    image = image.convert("RGBA")
                 image.save(folder / f"{i:04d}{ext}")

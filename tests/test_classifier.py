@@ -68,3 +68,11 @@ def test_cnn_gradients_are_untouched_whatever_the_mode():
     seen = fit(make_module("on", model="resnet20"), make_data())[0]
     for r, s in zip(raw, seen):
         torch.testing.assert_close(s, r)
+
+
+def test_bf16_mixed_step_uses_adalr_gradients():
+    module = make_module("on")
+    seen = fit(module, make_data(), precision="bf16-mixed")[0]
+    for i in adder_indices(module):
+        assert seen[i].dtype == torch.float32  # parameters and their gradients stay float32
+        assert seen[i].norm().item() == pytest.approx(0.2 * seen[i].numel() ** 0.5, rel=1e-4)

@@ -67,3 +67,18 @@ def test_two_process_ddp_ranks_agree_and_match_one_process_on_the_global_batch(t
     for key in single:
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)  # identical on all ranks
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_sim_trainer_runs_through_the_training_script(tmp_path):
+    import json
+
+    from hydra_helpers import run_script
+
+    run = tmp_path / "run"
+    result = run_script("train.py", "trainer=ddp_sim", "logger=csv", "data=synthetic", "data.image_size=8",
+                        "data.train_size=96", "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=1",
+                        f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    assert 0 <= json.loads((run / "metrics.json").read_text())["test/acc"] <= 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -58,3 +58,17 @@ def test_report_of_nothing_is_a_clear_error(tmp_path):
     result = run_script("report.py", str(tmp_path), cwd=tmp_path)
     assert result.returncode != 0 and "no runs" in result.stderr
     assert not Path(tmp_path / "report.md").exists()
+
+
+def test_each_job_of_a_multirun_is_its_own_wandb_run_in_the_sweeps_group(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "logger=wandb", *SMALL[:5], "trainer=cpu", "debug=limit",
+                        "adalr=on,off", "sweep_name=my_study", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 2 and runs[0].name != runs[1].name
+    for job, path in zip(("0", "1"), runs):
+        assert path.parents[2].name == job
+        _, _, config = summarize(path)
+        assert "sweep_name" in config
+        assert b"my_study" in path.read_bytes()  # the W&B group

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from addernet.adalr import AdaLRStats, AdaptiveLR
 
 CONFIG_KEY = "addernet_config"  # where checkpoints keep the run's resolved config
+RNG_KEY = "addernet_rng_states"
 
 
 class ImageClassifier(pl.LightningModule):
@@ -39,6 +40,8 @@ class ImageClassifier(pl.LightningModule):
             for stage in ("train", "val", "test") for name, k in (("acc", 1), ("acc_top5", top5))})
         self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")})
         self.val_acc_best = MaxMetric()
+        for metric in (*self.metrics.values(), *self.losses.values(), self.val_acc_best):
+            metric.persistent(True)  # in checkpoints: a resumed run keeps its best accuracy and epoch sums
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -65,9 +68,6 @@ class ImageClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
-
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # sanity-check batches do not count
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -101,3 +101,13 @@ class ImageClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        # the augmentation's random draws continue where they stopped when the run resumes
+        checkpoint[RNG_KEY] = {"torch": torch.get_rng_state(),
+                               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get(RNG_KEY)
+        if states:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states["cuda"])

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from addernet.callbacks import HISTOGRAMS_FILE
-from addernet.training import METRICS_FILE
+from addernet.training import FAILURE_FILE, METRICS_FILE
 
 CURVES_FILE = Path("csv") / "metrics.csv"
 IGNORED_OVERRIDES = ("seed", "hydra.", "sweep=", "sweep_name=")
@@ -29,6 +29,7 @@ class Run:
     path: Path
     overrides: list[str]
     metrics: dict | None  # None: the run failed or has not finished
+    error: str | None = None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(epoch, value)]
 
     @property
@@ -40,7 +41,9 @@ def read_run(path: Path) -> Run:
     overrides = [str(o) for o in OmegaConf.load(path / ".hydra" / "overrides.yaml")]
     metrics_file = path / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    return Run(path, overrides, metrics, read_curves(path / CURVES_FILE))
+    failure = path / FAILURE_FILE
+    error = json.loads(failure.read_text())["error"] if failure.is_file() else None
+    return Run(path, overrides, metrics, error=error, curves=read_curves(path / CURVES_FILE))
 
 
 def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -243,6 +246,11 @@ def write_report(paths: list[Path], out_dir: Path | None = None) -> str:
     lines = [f"# Report of {len(runs)} runs", "", f"Runs: {', '.join(str(p) for p in paths)}. Accuracies are "
              "mean ± standard deviation over the runs of a setting (seeds); 'final' is the last validation "
              "epoch, 'best' the best one, 'test' the best checkpoint on the test split.", "", table]
+    failed = [r for r in runs if r.metrics is None]
+    if failed:
+        lines += ["Runs without results:", ""] + [
+            f"- {r.path.name} ({' '.join(r.overrides)}): {r.error or 'no metrics.json (still running, or killed)'}"
+            for r in failed] + [""]
     lines += [f"![{name}]({name})" for name, made in plots.items() if made]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     return table

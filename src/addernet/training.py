@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from addernet.classifier import CONFIG_KEY, ImageClassifier
 from addernet.kernels import set_backend
 from addernet.models import create_model
+from addernet.reliability import AtomicCheckpointIO, CheckpointOnSignal, NonFiniteGuard
 
 METRICS_FILE = "metrics.json"  # each run's final numbers, read by the sweep's results table
+log = logging.getLogger(__name__)
 
 
 def use_wandb_offline_without_key() -> None:
@@ -49,9 +52,31 @@ def _numbers(metrics: dict) -> dict[str, float]:
             (not isinstance(v, torch.Tensor) or v.numel() == 1)}
 
 
+FAILURE_FILE = "failed.json"  # a job of a sweep that raised: its error, for the report
+
+
+def run_job(cfg: DictConfig, task) -> dict[str, float]:
+    """Run ``task(cfg)``; in a multirun a job that raises is recorded as failed and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return task(cfg)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed; the sweep goes on")
+        path = Path(cfg.paths.output_dir) / FAILURE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}, indent=2))
+        return {}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns (and writes to ``metrics.json``) the final metrics."""
     print_config(cfg)
+    check_types(cfg)
+    check_resume_checkpoint(cfg)
     set_backend(cfg.get("adder_backend", "auto"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -62,7 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         adalr=instantiate(cfg.adalr), run_config=OmegaConf.to_container(cfg, resolve=True))
     if "wandb" in (cfg.get("logger") or {}):
         use_wandb_offline_without_key()
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_dict(cfg.get("callbacks")),
+    callbacks = _instantiate_dict(cfg.get("callbacks")) + [CheckpointOnSignal(),
+                                                            NonFiniteGuard(cfg.get("nonfinite", "stop"))]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                                       logger=_instantiate_dict(cfg.get("logger")) or False)
     for logger in trainer.loggers:  # the resolved config, nested, for comparing runs
         logger.log_hyperparams(module.run_config)
@@ -88,6 +115,39 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
         import wandb
 
         wandb.finish()
+
+
+# settings whose type a typo in an override would otherwise only reveal deep inside a library
+TYPED_SETTINGS = {"seed": int, "trainer.max_epochs": int, "trainer.accumulate_grad_batches": int,
+                  "data.batch_size": int, "data.num_workers": int, "optimizer.lr": float,
+                  "optimizer.momentum": float, "optimizer.weight_decay": float, "adalr.eta": float}
+
+
+def check_types(cfg: DictConfig) -> None:
+    for key, kind in TYPED_SETTINGS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
+            isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise TypeError(f"{key} must be {'a number' if kind is float else 'an integer'}, got {value!r} "
+                            f"({type(value).__name__}): fix the override {key}=...")
+
+
+def check_resume_checkpoint(cfg: DictConfig) -> None:
+    """A checkpoint to resume from must hold the model being trained."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or ckpt in ("last", "hpc"):
+        return
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such file (use a .ckpt written by train, or "
+                                f"ckpt_path=last with hydra.run.dir=<the run's directory>)")
+    saved = torch.load(path, map_location="cpu", weights_only=False).get(CONFIG_KEY, {}).get("model", {})
+    if saved and saved.get("name") != cfg.model.name:
+        raise ValueError(f"ckpt_path={ckpt} holds a {saved.get('name')} but model={cfg.model.name}: resume with "
+                         f"model={saved.get('name')} or start a new run")
 
 
 def load_checkpoint_model(ckpt_path: str | Path) -> tuple[ImageClassifier, dict]:

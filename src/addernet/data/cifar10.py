@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from addernet.data.errors import DataError
-from addernet.data.images import list_class_folders, list_images, load_rgb_array
+from addernet.data.images import check_bad_image_policy, list_class_folders, list_images, load_rgb_array
 from addernet.data.in_memory import InMemoryDataModule
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -43,7 +44,15 @@ def read_pickle_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Ten
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 
 
-def read_class_folders(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_or_none(path: Path) -> np.ndarray | None:
+    try:
+        return load_rgb_array(path)
+    except DataError:
+        return None
+
+
+def read_class_folders(split_dir: Path, classes: list[str], bad_images: str = "error"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     found = list_class_folders(split_dir)
     if found != classes:
         raise DataError(f"{split_dir} has class folders {found}, expected {classes}")
@@ -55,7 +64,13 @@ def read_class_folders(split_dir: Path, classes: list[str]) -> tuple[torch.Tenso
         files += images
         labels += [label] * len(images)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes with the GIL released
-        arrays = list(pool.map(load_rgb_array, files))
+        arrays = list(pool.map(load_rgb_array if bad_images == "error" else _decode_or_none, files))
+    bad = [f for f, a in zip(files, arrays) if a is None]
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable images under {split_dir} (data.bad_images=skip): "
+                      f"{', '.join(str(f) for f in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        labels = [label for label, a in zip(labels, arrays) if a is not None]
+        arrays = [a for a in arrays if a is not None]
     shapes = {a.shape for a in arrays}
     if shapes != {(32, 32, 3)}:
         raise DataError(f"CIFAR-10 images must be 32x32, found shapes {sorted(shapes)} under {split_dir}")
@@ -69,9 +84,10 @@ class CIFAR10DataModule(InMemoryDataModule):
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
 
-    def __init__(self, root: str = "data", download: bool = True, **kwargs):
+    def __init__(self, root: str = "data", download: bool = True, bad_images: str = "error", **kwargs):
         super().__init__(**kwargs)
         self.root, self.download = Path(root).expanduser(), download
+        self.bad_images = check_bad_image_policy(bad_images)
 
     @property
     def num_classes(self) -> int:
@@ -107,4 +123,5 @@ class CIFAR10DataModule(InMemoryDataModule):
             folder = self.root / PICKLE_DIR
             return (*read_pickle_batches(folder, TRAIN_BATCHES), *read_pickle_batches(folder, TEST_BATCHES))
         classes = list(CLASSES)
-        return (*read_class_folders(self.root / "train", classes), *read_class_folders(self.root / "test", classes))
+        return (*read_class_folders(self.root / "train", classes, self.bad_images),
+                *read_class_folders(self.root / "test", classes, self.bad_images))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,21 +11,33 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from addernet.data.errors import DataError
-from addernet.data.images import list_class_folders, list_images, load_rgb
+from addernet.data.images import check_bad_image_policy, list_class_folders, list_images, load_rgb
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class ImageFiles(Dataset):
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable):
-        self.samples, self.transform = samples, transform
+    """Image files decoded when read; with ``bad_images="skip"`` an unreadable file is replaced by the next
+    readable one, with a warning and a count (per loader worker)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, bad_images: str = "error"):
+        self.samples, self.transform, self.bad_images = samples, transform, bad_images
+        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                return self.transform(load_rgb(path)), label
+            except DataError:
+                if self.bad_images == "error":
+                    raise
+                self.skipped += 1
+                warnings.warn(f"skipped unreadable image {path} ({self.skipped} so far, data.bad_images=skip)")
+        raise DataError(f"no readable image among the {len(self.samples)} files of this split")
 
 
 class ImageNetSubsetDataModule(pl.LightningDataModule):
@@ -34,7 +47,8 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
     def __init__(self, root: str = "data/imagenet", num_classes: int | None = 100,
                  classes: Sequence[str] | None = None, max_per_class: int | None = None, image_size: int = 224,
                  resize_size: int | None = None, batch_size: int = 256, num_workers: int = 8,
-                 pin_memory: bool = True, train_split: str = "train", val_split: str = "val"):
+                 pin_memory: bool = True, train_split: str = "train", val_split: str = "val",
+                 bad_images: str = "error"):
         super().__init__()
         self.root = Path(root).expanduser()
         self.requested_classes = list(classes) if classes else None
@@ -42,6 +56,7 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
         self.image_size, self.resize_size = image_size, resize_size or round(image_size * 256 / 224)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.train_split, self.val_split = train_split, val_split
+        self.bad_images = check_bad_image_policy(bad_images)
         self._classes: list[str] | None = None
         self.datasets: dict[str, ImageFiles] = {}
 
@@ -91,8 +106,9 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
         normalize = [T.ToTensor(), T.Normalize(MEAN, STD)]
         train_tf = T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), *normalize])
         eval_tf = T.Compose([T.Resize(self.resize_size), T.CenterCrop(self.image_size), *normalize])
-        val = ImageFiles(self._samples(self.val_split), eval_tf)
-        self.datasets = {"train": ImageFiles(self._samples(self.train_split), train_tf), "val": val, "test": val}
+        val = ImageFiles(self._samples(self.val_split), eval_tf, self.bad_images)
+        train = ImageFiles(self._samples(self.train_split), train_tf, self.bad_images)
+        self.datasets = {"train": train, "val": val, "test": val}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,

@@ -10,6 +10,13 @@ from PIL import Image
 from addernet.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+def check_bad_image_policy(policy: str) -> str:
+    if policy not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"data.bad_images must be one of {BAD_IMAGE_POLICIES}, got {policy!r}")
+    return policy
 
 
 def list_class_folders(split_dir: Path) -> list[str]:
@@ -26,7 +33,8 @@ def load_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
+        raise DataError(f"cannot read image {path}: {err}. Remove or replace the file, or set "
+                        f"data.bad_images=skip to leave unreadable images out.") from err
 
 
 def load_rgb_array(path: Path) -> np.ndarray:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from addernet.data.resumable import EpochPermutation
+
 
 def random_crop_flip(x: torch.Tensor, padding: int) -> torch.Tensor:
     """Per-image random crop (zero padding) and horizontal flip of a (N, C, H, W) batch, on its device."""
@@ -37,8 +39,8 @@ class InMemoryDataModule(pl.LightningDataModule):
                  val_size: int = 0, augment: bool = True, crop_padding: int = 4, seed: int = 0,
                  shuffle: bool = True):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if val_size < 0:
             raise ValueError(f"data.val_size must be >= 0, got {val_size}")
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
@@ -72,12 +74,36 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.splits = splits
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        # its own generator: starting an epoch draws nothing from the global RNG, whose state checkpoints keep
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=self.shuffle)
+        if not self.shuffle:
+            return self._loader("train", shuffle=False)
+        sampler = EpochPermutation(len(self.splits["train"]), self.seed, self._skip_for)
+        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+
+    def state_dict(self) -> dict:
+        """Where training stands in the current epoch; Lightning keeps it in every checkpoint."""
+        if self.trainer is None or not self.trainer.training:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= self.trainer.num_training_batches:  # saved at the end of an epoch
+            return {"epoch": self.trainer.current_epoch + 1, "batches": 0}
+        return {"epoch": self.trainer.current_epoch, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = (state["epoch"], state["batches"]) if state else None
+
+    def _skip_for(self, epoch: int) -> int:
+        """Samples to skip when epoch ``epoch`` starts: the batches trained before an interruption, once."""
+        resume, self._resume = getattr(self, "_resume", None), None
+        return resume[1] * self.batch_size if resume and resume[0] == epoch else 0
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -1,0 +1,34 @@
+"""Callbacks that misbehave on purpose, added to runs through config overrides."""
+
+import os
+import signal
+
+import lightning.pytorch as pl
+import torch
+
+
+class SignalAtStep(pl.Callback):
+    """Send this process a signal at the end of one training step, as a scheduler or Ctrl-C would."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonGradientAtStep(pl.Callback):
+    """Put a NaN into one layer's gradient at one step."""
+
+    def __init__(self, step: int, layer: str = "net.stages.1.0.conv2.weight"):
+        self.step, self.layer = step, layer
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step:
+            dict(pl_module.named_parameters())[self.layer].grad[0].fill_(float("nan"))
+            self.poisoned = True
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
