@@ -4,14 +4,14 @@ import dotenv
 import hydra
 from omegaconf import DictConfig
 
-from addernet.training import evaluate
+from addernet.training import evaluate, run_job
 
 dotenv.load_dotenv()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    for name, value in evaluate(cfg).items():
+    for name, value in run_job(cfg, evaluate).items():
         print(f"{name}: {value:.4f}")
 
 

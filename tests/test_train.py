@@ -106,3 +106,11 @@ def test_config_mistakes_fail_before_any_work(override, message, tmp_path):
     result = run_script("train.py", override, cwd=tmp_path, timeout=120)
     assert result.returncode != 0 and message in result.stderr
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_missing_data_is_one_message_not_a_traceback(tmp_path):
+    result = run_script("train.py", *FAST, "data.root=nowhere", "data.download=false", cwd=tmp_path, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "CIFAR-10 not found under" in output and "data.download=true to fetch it" in output
+    assert "Traceback" not in output

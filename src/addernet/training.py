@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from addernet.classifier import CONFIG_KEY, ImageClassifier
+from addernet.data import DataError
 from addernet.kernels import set_backend
 from addernet.models import create_model
 from addernet.reliability import AtomicCheckpointIO, CheckpointOnSignal, NonFiniteGuard
@@ -64,6 +65,9 @@ def run_job(cfg: DictConfig, task) -> dict[str, float]:
         return task(cfg)
     except Exception as err:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(err, DataError):  # the message says what to do; a traceback would only bury it
+                log.error(str(err))
+                raise SystemExit(2) from None
             raise
         log.exception("job failed; the sweep goes on")
         path = Path(cfg.paths.output_dir) / FAILURE_FILE

@@ -98,7 +98,8 @@ class CIFAR10DataModule(InMemoryDataModule):
             f"CIFAR-10 not found under {self.root.resolve()}: {why}. Expected either torchvision's layout "
             f"({self.root}/{PICKLE_DIR}/data_batch_1..5, test_batch) or image folders "
             f"({self.root}/train/<class>/*.png|jpg and {self.root}/test/<class>/...). Set data.root=<dir> "
-            f"(or DATA_DIR in .env), or data.download=true to fetch it.")
+            f"(or DATA_DIR in .env)" + (", or check the network connection (or download it elsewhere)."
+                                        if self.download else ", or data.download=true to fetch it."))
 
     def prepare_data(self) -> None:
         if self.root.exists() and not self.root.is_dir():
