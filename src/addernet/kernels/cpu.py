@@ -5,9 +5,10 @@ expression over strided *window views* of a channels-last input, which Inductor 
 vectorised, multi-threaded loop nest: no unfolded copy, no (rows x O x K) temporary.
 
 - forward: y[n,i,j,o] = -sum_{u,v,c} |x_pad[n, i*s + u*d, j*s + v*d, c] - w[o,u,v,c]|
-- input gradient, as a gather: the output gradient is zero-dilated by the stride and padded so that input
-  position (h, w) sees, through windows of stride 1, every output position whose window covered it; with
-  the filters flipped, gx[n,h,w,c] = sum_{o,u,v} HT(w'[o,u,v,c] - x[n,h,w,c]) * gy_win[n,h,w,o,u,v].
+- input gradient of stride-1 layers, as a gather: the output gradient is padded so that input position
+  (h, w) sees, through windows of stride 1, every output position whose window covered it; with the filters
+  flipped, gx[n,h,w,c] = sum_{o,u,v} HT(w'[o,u,v,c] - x[n,h,w,c]) * gy_win[n,h,w,o,u,v]. Strided layers use
+  unfolded rows and fold them back (a gather would need a zero-dilated gradient, wasting stride^2 of the work).
 - weight gradient, ``full``: sum (X - W) G = (a convolution's weight gradient) - W * sum(G) (oneDNN).
 - weight gradient, ``sign``: a compiled reduction over the output positions.
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from addernet.kernels import reference
 from addernet.kernels.geometry import Geometry
-from addernet.kernels.reference import compute_dtype
+from addernet.kernels.reference import compute_dtype, full_weight_grad
 
 
 def _windows(t: torch.Tensor, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int]):
@@ -106,12 +107,16 @@ def _compiled_or_none(fn, *args):
         return None
 
 
-def _channels_last(x: torch.Tensor, geo: Geometry, pad: bool) -> torch.Tensor:
-    """(N, C, H, W) -> (N, H(+2p), W(+2p), G, C/G) in the compute dtype."""
-    x = x.to(compute_dtype(x.dtype)).permute(0, 2, 3, 1)
-    if pad:
-        x = F.pad(x, (0, 0, geo.padding[1], geo.padding[1], geo.padding[0], geo.padding[0]))
-    return x.reshape(*x.shape[:3], geo.groups, geo.channels // geo.groups).contiguous()
+def _channels_last(t: torch.Tensor, groups: int, padding: tuple[int, ...] = (0, 0, 0, 0)) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H', W', G, C/G) in the compute dtype; ``padding`` = (left, right, top, bottom),
+    negative amounts crop."""
+    t = t.to(compute_dtype(t.dtype)).permute(0, 2, 3, 1)
+    t = F.pad(t, (0, 0, *padding)) if any(padding) else t
+    return t.reshape(*t.shape[:3], groups, -1).contiguous()
+
+
+def _same_padding(geo: Geometry) -> tuple[int, int, int, int]:
+    return (geo.padding[1], geo.padding[1], geo.padding[0], geo.padding[0])
 
 
 def _filters(w: torch.Tensor, geo: Geometry) -> torch.Tensor:
@@ -122,20 +127,12 @@ def _filters(w: torch.Tensor, geo: Geometry) -> torch.Tensor:
 
 
 def _output_gradient_for_gather(grad_y: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """Zero-dilate the output gradient by the stride and pad it so that stride-1 windows gather it."""
-    n, o, ho, wo = grad_y.shape
-    (sh, sw), (kh, kw), (dh, dw), (ph, pw) = geo.stride, geo.kernel, geo.dilation, geo.padding
-    gy = grad_y.to(compute_dtype(grad_y.dtype)).permute(0, 2, 3, 1)
-    if sh > 1 or sw > 1:
-        dilated = gy.new_zeros(n, (ho - 1) * sh + 1, (wo - 1) * sw + 1, o)
-        dilated[:, ::sh, ::sw] = gy
-        gy = dilated
-    h, w = geo.input_hw
+    """Pad the output gradient of a stride-1 layer so that stride-1 windows gather it at every input position."""
+    (kh, kw), (dh, dw), (ph, pw) = geo.kernel, geo.dilation, geo.padding
     top, left = (kh - 1) * dh - ph, (kw - 1) * dw - pw
-    bottom = h + (kh - 1) * dh - top - gy.shape[1]
-    right = w + (kw - 1) * dw - left - gy.shape[2]
-    gy = F.pad(gy, (0, 0, left, right, top, bottom))  # negative amounts crop
-    return gy.reshape(*gy.shape[:3], geo.groups, o // geo.groups).contiguous()
+    bottom = geo.input_hw[0] + (kh - 1) * dh - top - grad_y.shape[2]
+    right = geo.input_hw[1] + (kw - 1) * dw - left - grad_y.shape[3]
+    return _channels_last(grad_y, geo.groups, (left, right, top, bottom))
 
 
 def _to_nchw(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -157,7 +154,7 @@ def _chunked_sum(fn, chunks, args_of_chunk):
 
 @torch.no_grad()
 def forward(x: torch.Tensor, w: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    xp, wf = _channels_last(x, geo, pad=True), _filters(w, geo)
+    xp, wf = _channels_last(x, geo.groups, _same_padding(geo)), _filters(w, geo)
     y = _chunked_sum(_forward, _channel_chunks(wf.shape[-1]),
                      lambda c: (xp[..., c], wf[..., c], geo.stride, geo.dilation))
     if y is None:
@@ -174,14 +171,11 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, geo: Geomet
         grad_x = (_input_grad_gather(grad_y, x, w, geo) if geo.stride == (1, 1)
                   else _input_grad_rows(grad_y, x, w, geo))
     if need_weight:
-        if weight_grad == "full":  # sum (X - W) G = conv weight gradient - W * sum(G)
-            ct = compute_dtype(x.dtype)
-            gy = grad_y.to(ct)
-            grad_w = torch.nn.grad.conv2d_weight(x.to(ct), w.shape, gy, geo.stride, geo.padding, geo.dilation,
-                                                 geo.groups) - w.to(ct) * gy.sum((0, 2, 3)).view(-1, 1, 1, 1)
+        if weight_grad == "full":
+            grad_w = full_weight_grad(grad_y, x, w, geo, compute_dtype(x.dtype))
         else:
-            gw = _compiled_or_none(_sign_weight_grad, _channels_last(x, geo, pad=True), _filters(w, geo),
-                                   _channels_last_output(grad_y, geo), geo.stride, geo.dilation)
+            gw = _compiled_or_none(_sign_weight_grad, _channels_last(x, geo.groups, _same_padding(geo)),
+                                   _filters(w, geo), _channels_last(grad_y, geo.groups), geo.stride, geo.dilation)
             if gw is not None:  # (G, Og, kh, kw, Cg) -> (O, Cg, kh, kw)
                 grad_w = gw.permute(0, 1, 4, 2, 3).reshape(w.shape)
         grad_w = grad_w.to(w.dtype) if grad_w is not None else None
@@ -192,7 +186,7 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, geo: Geomet
 
 def _input_grad_gather(grad_y, x, w, geo: Geometry) -> torch.Tensor | None:
     """Stride 1: gather the output gradient through stride-1 windows (no unfolded copy)."""
-    xl, gyp, wf = _channels_last(x, geo, pad=False), _output_gradient_for_gather(grad_y, geo), _filters(w, geo)
+    xl, gyp, wf = _channels_last(x, geo.groups), _output_gradient_for_gather(grad_y, geo), _filters(w, geo)
     wf = wf.flip(2, 3)
     gx = _chunked_sum(_input_grad, _channel_chunks(wf.shape[1]),
                       lambda o: (xl, gyp[..., o], wf[:, o], geo.dilation))
@@ -213,9 +207,3 @@ def _input_grad_rows(grad_y, x, w, geo: Geometry) -> torch.Tensor | None:
             return None
         rows.append(part)
     return reference.fold_rows(torch.stack(rows), geo).to(x.dtype)
-
-
-def _channels_last_output(grad_y: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    n, o, ho, wo = grad_y.shape
-    gy = grad_y.to(compute_dtype(grad_y.dtype)).permute(0, 2, 3, 1)
-    return gy.reshape(n, ho, wo, geo.groups, o // geo.groups).contiguous()

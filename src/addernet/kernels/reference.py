@@ -61,6 +61,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def full_weight_grad(grad_y: Tensor, x: Tensor, w: Tensor, geo: Geometry, dtype: torch.dtype) -> Tensor:
+    """sum_m (X - W) G = (a convolution's weight gradient, implicit GEMM in cuDNN/oneDNN) - W * sum(G).
+
+    The fast backends use this; the reference computes the same sum on its own unfolded rows.
+    """
+    gy, acc = grad_y.to(dtype), compute_dtype(dtype)
+    conv = torch.nn.grad.conv2d_weight(x.to(dtype), w.shape, gy, geo.stride, geo.padding, geo.dilation, geo.groups)
+    return conv.to(acc) - w.to(acc) * gy.to(acc).sum((0, 2, 3)).view(-1, 1, 1, 1)
+
+
 def unfold_rows(x: Tensor, geo: Geometry) -> Tensor:
     """(N, C, H, W) -> (groups, N*Ho*Wo, C/groups*kh*kw) patch rows, zero padding included."""
     cols = F.unfold(x, geo.kernel, dilation=geo.dilation, padding=geo.padding, stride=geo.stride)

@@ -205,10 +205,8 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, geo: Geomet
         _input_grad_kernel[grid](x, wt, grad_y, grad_x, p, geo.channels, *geo.input_hw, ho, wo, cg, og,
                                  *_geometry_args(geo), KH=kh, KW=kw)
     if need_weight:
-        if weight_grad == "full":  # sum_m (X - W) G = conv weight gradient - W * sum(G)
-            grad_w = torch.nn.grad.conv2d_weight(x, w.shape, grad_y, geo.stride, geo.padding, geo.dilation,
-                                                 geo.groups)
-            grad_w = grad_w.float() - w.float() * grad_y.float().sum((0, 2, 3)).view(-1, 1, 1, 1)
+        if weight_grad == "full":  # cuDNN's implicit GEMM, in the input dtype (accumulating in float32)
+            grad_w = reference.full_weight_grad(grad_y, x, w, geo, x.dtype)
         else:
             grad_w = _sign_weight_grad(grad_y, x, w, geo)
         grad_w = grad_w.to(w.dtype)
