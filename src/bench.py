@@ -7,20 +7,12 @@ all measured side by side in one run.
 
 import argparse
 import json
-import platform
 
 import torch
 
 from addernet import benchmark
 from addernet.kernels import BACKENDS, choose
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
+from addernet.system import device_name
 
 
 def main() -> None:
@@ -47,7 +39,7 @@ def main() -> None:
     model_backends = args.model_backends or [fast]
     batch = args.batch_size or (256 if device.type == "cuda" else 64)
     imagenet_batch = args.imagenet_batch_size or (32 if device.type == "cuda" else 4)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = device_name(device)
     print(f"# {name}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.dtype}\n")
 
     report = {"device": name, "dtype": args.dtype, "torch": torch.__version__, "tables": {}}

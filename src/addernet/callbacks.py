@@ -25,6 +25,7 @@ from torch import nn
 
 from addernet.layer import Adder2d
 from addernet.models import count_ops
+from addernet.system import device_name
 
 HISTOGRAMS_FILE = "weight_histograms.jsonl"
 STATS_FILE = "model_stats.json"
@@ -78,7 +79,7 @@ class AdderTracker(pl.Callback):
             "parameters": sum(p.numel() for p in pl_module.net.parameters()),
             "multiplications_per_image": ops.multiplications, "additions_per_image": ops.additions,
             "energy_uj_per_image": ops.energy_pj / 1e6, "input_size": list(input_size),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+            "device": device_name(pl_module.device),
             "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__,
         }
         for logger in trainer.loggers:

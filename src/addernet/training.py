@@ -132,9 +132,8 @@ def check_types(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is None:
             continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
-            isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
+        allowed = (int, float) if kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, allowed):
             raise TypeError(f"{key} must be {'a number' if kind is float else 'an integer'}, got {value!r} "
                             f"({type(value).__name__}): fix the override {key}=...")
 
