@@ -46,6 +46,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_size, self.augment, self.crop_padding, self.seed = val_size, augment, crop_padding, seed
         self.shuffle = shuffle
+        self._resume: tuple[int, int] | None = None  # (epoch, batches trained) from a checkpoint, used once
         self.splits: dict[str, TensorDataset] | None = None
 
     @property
@@ -73,20 +74,17 @@ class InMemoryDataModule(pl.LightningDataModule):
             splits["val"], splits["train"] = splits["test"], TensorDataset(train_x, train_y)
         self.splits = splits
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: EpochPermutation | None = None) -> DataLoader:
         # its own generator: starting an epoch draws nothing from the global RNG, whose state checkpoints keep
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+        return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         if not self.shuffle:
-            return self._loader("train", shuffle=False)
-        sampler = EpochPermutation(len(self.splits["train"]), self.seed, self._skip_for)
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+            return self._loader("train")
+        return self._loader("train", EpochPermutation(len(self.splits["train"]), self.seed, self._skip_for))
 
     def state_dict(self) -> dict:
         """Where training stands in the current epoch; Lightning keeps it in every checkpoint."""
@@ -102,14 +100,14 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def _skip_for(self, epoch: int) -> int:
         """Samples to skip when epoch ``epoch`` starts: the batches trained before an interruption, once."""
-        resume, self._resume = getattr(self, "_resume", None), None
+        resume, self._resume = self._resume, None
         return resume[1] * self.batch_size if resume and resume[0] == epoch else 0
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
