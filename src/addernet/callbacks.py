@@ -65,6 +65,7 @@ class AdderTracker(pl.Callback):
         self._features: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self._hook = None
+        self._batch_features: torch.Tensor | None = None
 
     # ---- once -------------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -141,12 +142,20 @@ class AdderTracker(pl.Callback):
 
     # ---- after testing ----------------------------------------------------------------------------------
     def on_test_start(self, trainer, pl_module) -> None:
-        self._features, self._labels = [], []
-        self._hook = pl_module.net.pool.register_forward_hook(
-            lambda module, args, out: self._features.append(out.flatten(1).float().cpu()))
+        self._features, self._labels, self._batch_features = [], [], None
+
+        def keep_first(module, args, out):  # the test step's forward, not extra ones other callbacks make
+            if self._batch_features is None:
+                self._batch_features = out.flatten(1).float().cpu()
+        self._hook = pl_module.net.pool.register_forward_hook(keep_first)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch_features = None
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._labels.append(batch[1].cpu())
+        if self._batch_features is not None:
+            self._features.append(self._batch_features)
+            self._labels.append(batch[1].cpu())
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self._hook is not None:
@@ -160,14 +169,22 @@ class AdderTracker(pl.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        features = torch.cat(self._features)[:self.feature_samples]
-        labels = torch.cat(self._labels)[:len(features)]
-        points = pca_2d(features)
+        features, labels = torch.cat(self._features), torch.cat(self._labels)
+        # a seeded sample of the whole test set: test data is often stored class by class
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:self.feature_samples]
+        points, labels = pca_2d(features[keep]), labels[keep]
+        names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
         fig, ax = plt.subplots(figsize=(6, 6))
-        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4)
-        ax.legend(*scatter.legend_elements(), title="class", fontsize=7, loc="best", markerscale=0.8)
+        cmap = plt.get_cmap("tab10" if pl_module.num_classes <= 10 else "tab20")
+        for c in labels.unique().tolist():
+            at = labels == c
+            ax.scatter(points[at, 0], points[at, 1], s=4, color=cmap(c % cmap.N),
+                       label=names[c] if names else str(c))
+        if pl_module.num_classes <= 20:
+            ax.legend(title="class", fontsize=7, loc="best", markerscale=2)
         name = pl_module.run_config.get("model", {}).get("name", "model") if pl_module.run_config else "model"
-        ax.set(title=f"{name}: penultimate features of the test set (PCA)", xlabel="PC 1", ylabel="PC 2")
+        ax.set(title=f"{name}: penultimate features of {len(labels)} test images (PCA)", xlabel="PC 1",
+               ylabel="PC 2")
         path = Path(trainer.default_root_dir) / FEATURES_PLOT
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -19,6 +19,8 @@ from addernet.classifier import CONFIG_KEY, ImageClassifier
 from addernet.data import DataError
 from addernet.kernels import set_backend
 from addernet.models import create_model
+from addernet.system import configure_threads
+from addernet.recalibration import BatchNormRecalibration
 from addernet.reliability import AtomicCheckpointIO, CheckpointOnSignal, NonFiniteGuard
 
 METRICS_FILE = "metrics.json"  # each run's final numbers, read by the sweep's results table
@@ -81,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_config(cfg)
     check_types(cfg)
     check_resume_checkpoint(cfg)
+    use_threads(cfg)
     set_backend(cfg.get("adder_backend", "auto"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -170,12 +173,23 @@ def load_checkpoint_model(ckpt_path: str | Path) -> tuple[ImageClassifier, dict]
     return module, config
 
 
+def use_threads(cfg: DictConfig) -> None:
+    """``threads=`` for this process; a CPU job of several processes (ddp on the CPU) shares the cores."""
+    trainer = cfg.get("trainer") or {}
+    devices = trainer.get("devices", 1)
+    processes = devices if trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
+    threads = configure_threads(cfg.get("threads", "auto"), processes)
+    log.info(f"{threads} CPU thread{'s' * (threads > 1)} per process (threads=N to change)")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    use_threads(cfg)
     module, _ = load_checkpoint_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     if datamodule.num_classes != module.num_classes:
         raise ValueError(f"the checkpoint's model has {module.num_classes} classes but data={cfg.data._target_} "
                          f"has {datamodule.num_classes}: evaluate on data with the same classes")
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False,
+                                      callbacks=[BatchNormRecalibration(cfg.get("recalibrate_bn", 0))])
     trainer.test(module, datamodule)
     return _numbers({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})

@@ -93,6 +93,10 @@ class CIFAR10DataModule(InMemoryDataModule):
     def num_classes(self) -> int:
         return len(CLASSES)
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(CLASSES)
+
     def _missing(self, why: str) -> DataError:
         return DataError(
             f"CIFAR-10 not found under {self.root.resolve()}: {why}. Expected either torchvision's layout "

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
 from addernet.data.errors import DataError
@@ -90,6 +91,10 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def class_names(self) -> list[str]:
+        return self.classes
+
     def _samples(self, split: str) -> list[tuple[Path, int]]:
         split_dir, samples = self._split_dir(split), []
         for label, name in enumerate(self.classes):
@@ -107,8 +112,18 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
         train_tf = T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), *normalize])
         eval_tf = T.Compose([T.Resize(self.resize_size), T.CenterCrop(self.image_size), *normalize])
         val = ImageFiles(self._samples(self.val_split), eval_tf, self.bad_images)
-        train = ImageFiles(self._samples(self.train_split), train_tf, self.bad_images)
-        self.datasets = {"train": train, "val": val, "test": val}
+        train_samples = self._samples(self.train_split)
+        train = ImageFiles(train_samples, train_tf, self.bad_images)
+        self.datasets = {"train": train, "val": val, "test": val,
+                         "calibration": ImageFiles(train_samples, eval_tf, self.bad_images)}
+
+    def calibration_loader(self, batches: int) -> DataLoader:
+        """``batches`` batches of training images with the evaluation transform, a seeded draw (BatchNorm
+        recalibration)."""
+        order = torch.randperm(len(self.datasets["calibration"]), generator=torch.Generator().manual_seed(0))
+        subset = Subset(self.datasets["calibration"], order[:batches * self.batch_size].tolist())
+        return DataLoader(subset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,

@@ -103,6 +103,14 @@ class InMemoryDataModule(pl.LightningDataModule):
         resume, self._resume = self._resume, None
         return resume[1] * self.batch_size if resume and resume[0] == epoch else 0
 
+    def calibration_loader(self, batches: int) -> DataLoader:
+        """``batches`` batches of training images, drawn once with their own seed, served unaugmented (for
+        BatchNorm recalibration; nothing is drawn from the global random state)."""
+        order = torch.randperm(len(self.splits["train"]), generator=torch.Generator().manual_seed(self.seed))
+        chosen = order[:batches * self.batch_size]
+        return DataLoader(torch.utils.data.Subset(self.splits["train"], chosen.tolist()),
+                          batch_size=self.batch_size, generator=torch.Generator().manual_seed(self.seed))
+
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
