@@ -19,7 +19,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--batch-size", type=int, help="ResNet-20 batch (default: 256 on CUDA, 64 on the CPU)")
+    parser.add_argument("--batch-size", type=int, nargs="+",
+                        help="ResNet-20 batch sizes; layers use the first (default: 256 on CUDA; 128 and 256 on "
+                             "the CPU, the batches of the CPU results and of the paper's recipe)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
     parser.add_argument("--imagenet-batch-size", type=int, help="ResNet-18 layer batch (default: 32 CUDA, 4 CPU)")
     parser.add_argument("--backends", nargs="+", choices=[b for b in BACKENDS if b != "auto"],
                         help="adder backends (default: the fast one for the device, and the reference)")
@@ -37,7 +40,10 @@ def main() -> None:
     fast = choose("auto", device)
     backends = args.backends or [fast, "reference"]
     model_backends = args.model_backends or [fast]
-    batch = args.batch_size or (256 if device.type == "cuda" else 64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batches = args.batch_size or ([256] if device.type == "cuda" else [128, 256])
+    batch = batches[0]
     imagenet_batch = args.imagenet_batch_size or (32 if device.type == "cuda" else 4)
     name = device_name(device)
     print(f"# {name}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {args.dtype}\n")
@@ -54,10 +60,11 @@ def main() -> None:
                 sections.append((title, "elements/s", "conv2d", benchmark.bench_layers(
                     layers, n, backends, device, dtype, args.warmup, args.repeats, backward)))
     if not args.skip_models:
-        for train in (True, False):
-            title = f"resnet20 whole model, batch {batch}, {'training step' if train else 'inference'}"
-            sections.append((title, "img/s", "cnn", benchmark.bench_model(
-                "resnet20", model_backends, batch, 32, device, dtype, args.warmup, args.repeats, train)))
+        for model_batch in batches:
+            for train in (True, False):
+                title = f"resnet20 whole model, batch {model_batch}, {'training step' if train else 'inference'}"
+                sections.append((title, "img/s", "cnn", benchmark.bench_model(
+                    "resnet20", model_backends, model_batch, 32, device, dtype, args.warmup, args.repeats, train)))
     for title, unit, baseline, results in sections:
         print(f"## {title}\n\n{benchmark.markdown(results, unit, baseline)}\n", flush=True)
         report["tables"][title] = benchmark.as_dicts(results)

@@ -34,3 +34,14 @@ def test_bench_command_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert len(report["tables"]) == 2 and "| resnet20 stage1 3x3 | adder/cpu |" in result.stdout
+
+
+def test_bench_covers_several_model_batch_sizes_with_set_threads(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench.py", "--skip-layers", "--batch-size", "2", "3", "--threads", "1", "--warmup", "0",
+                        "--repeats", "1", "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ", 1 CPU threads," in result.stdout
+    titles = list(json.loads(out.read_text())["tables"])
+    assert titles == [f"resnet20 whole model, batch {b}, {kind}" for b in (2, 3)
+                      for kind in ("training step", "inference")]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from addernet.reliability import Interrupted, NonFiniteError
+from addernet.report import CURVES_FILE, read_curves
 from addernet.training import train
 from hydra_helpers import compose_config
 from reliability_helpers import weights
@@ -34,6 +35,10 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(signum, tmp_
         torch.testing.assert_close(final_resumed[key], value, rtol=0, atol=0, msg=key)
     for key in ("val/acc", "val/acc_best", "test/acc", "train/loss_epoch", "train/acc"):
         assert resumed[key] == whole[key], key
+    # the history survives the resume: both epochs' curves, as in the uninterrupted run
+    assert read_curves(run / CURVES_FILE)["val/acc"] == read_curves(tmp_path / "whole" / CURVES_FILE)["val/acc"]
+    seconds = [v for _, v in read_curves(run / CURVES_FILE)["perf/epoch_seconds"]]
+    assert len(seconds) == 2 and all(0 < v < 600 for v in seconds)  # not the time since the machine booted
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
@@ -176,7 +181,17 @@ def test_slurm_launcher_composes_and_the_local_submitit_launcher_runs_a_sweep(tm
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "metrics.json").is_file()
 
 
-def test_ckpt_path_last_starts_fresh_when_there_is_no_checkpoint_yet(tmp_path):
-    """The first attempt of a requeued cluster job has nothing to resume from."""
+def test_ckpt_path_last_starts_fresh_when_there_is_no_checkpoint_yet(tmp_path, caplog):
+    """The first attempt of a requeued cluster job has nothing to resume from; a user who forgot
+    hydra.run.dir is told so."""
     metrics = train(compose_config(BASE + ["ckpt_path=last", "trainer.max_epochs=1"], tmp_path))
     assert metrics["epochs"] == 1 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "so this is a new run. To resume a run, also pass hydra.run.dir=" in caplog.text
+
+
+def test_a_new_run_in_a_used_directory_keeps_the_old_metrics(tmp_path):
+    train(compose_config(BASE + ["trainer.max_epochs=1"], tmp_path))
+    first = (tmp_path / CURVES_FILE).read_text()
+    train(compose_config(BASE + ["trainer.max_epochs=1"], tmp_path))
+    kept = list((tmp_path / "csv").glob("metrics.before-*.csv"))
+    assert len(kept) == 1 and kept[0].read_text() == first

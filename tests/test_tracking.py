@@ -72,3 +72,20 @@ def test_each_job_of_a_multirun_is_its_own_wandb_run_in_the_sweeps_group(tmp_pat
         _, _, config = summarize(path)
         assert "sweep_name" in config
         assert b"my_study" in path.read_bytes()  # the W&B group
+
+
+def test_wandb_with_a_key_but_no_route_falls_back_to_offline_quickly(tmp_path, monkeypatch, caplog):
+    import os
+    import time
+
+    from addernet.training import prepare_wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    prepare_wandb(tmp_path)
+    assert time.perf_counter() - start < 5
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_SILENT"] == "true"
+    assert f"the W&B server cannot be reached); upload later with: wandb sync {tmp_path}/wandb" in caplog.text

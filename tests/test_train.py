@@ -81,6 +81,7 @@ def test_eval_of_a_trained_checkpoint_matches_the_end_of_training(tmp_path):
                         f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"test/acc: {trained['test/acc']:.4f}" in result.stdout
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"] == trained["test/acc"]
 
 
 def test_ablation_sweep_runs_six_jobs_and_prints_a_table(tmp_path):
@@ -96,6 +97,8 @@ def test_ablation_sweep_runs_six_jobs_and_prints_a_table(tmp_path):
     assert {r.split("|")[1].strip() for r in rows} == {f"model.weight_grad={g} adalr={a}"
                                                        for g in ("full", "sign") for a in ("on", "off", "ilr")}
     assert "| model.weight_grad=sign adalr=ilr |" in result.stdout
+    shared = next(line for line in table.splitlines() if line.startswith("Settings all runs share: "))
+    assert "model.name=adder_resnet20" in shared and "data.batch_size=16" in shared  # the table describes itself
 
 
 @pytest.mark.parametrize("override, message", [

@@ -65,6 +65,7 @@ class AdderTracker(pl.Callback):
         self._features: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self._hook = None
+        self._resumed: tuple[float, int] = (0.0, 0)  # (seconds, images) of the epoch before a resume
         self._batch_features: torch.Tensor | None = None
 
     # ---- once -------------------------------------------------------------------------------------------
@@ -109,6 +110,11 @@ class AdderTracker(pl.Callback):
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
 
     # ---- every epoch ------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed mid-epoch gets no on_train_epoch_start: go on from the time and images saved with it
+        self._epoch_start = time.perf_counter() - self._resumed[0]
+        self._images = self._resumed[1]
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start, self._images = time.perf_counter(), 0
         if torch.cuda.is_available():
@@ -117,6 +123,10 @@ class AdderTracker(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += batch[0].shape[0]
+        seconds = time.perf_counter() - self._epoch_start
+        if seconds > 0:  # the progress bar's it/s counts batches; this counts images
+            pl_module.log("img/s", self._images * trainer.world_size / seconds, prog_bar=True, logger=False,
+                          on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._epoch_start
@@ -125,6 +135,13 @@ class AdderTracker(pl.Callback):
             metrics["perf/peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
         self._log_histograms(trainer, pl_module, "end")
+
+    def state_dict(self) -> dict:
+        """The current epoch's time and images so far: a run resumed mid-epoch reports the whole epoch."""
+        return {"epoch_seconds": time.perf_counter() - self._epoch_start, "epoch_images": self._images}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = (state.get("epoch_seconds", 0.0), state.get("epoch_images", 0))
 
     @rank_zero_only
     def _log_histograms(self, trainer, pl_module, when: str) -> None:

@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from addernet.errors import ConfigError
 
 BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -67,7 +68,7 @@ class BatchNormRecalibration(pl.Callback):
 
     def __init__(self, batches: int = 0):
         if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
-            raise ValueError(f"recalibrate_bn must be a number of training batches >= 0, got {batches!r}")
+            raise ConfigError(f"recalibrate_bn must be a number of training batches >= 0, got {batches!r}")
         self.batches = batches
         self._raw_stats = None
         self._raw_acc: MulticlassAccuracy | None = None
@@ -77,7 +78,7 @@ class BatchNormRecalibration(pl.Callback):
             return
         datamodule = trainer.datamodule
         if not hasattr(datamodule, "calibration_loader"):
-            raise ValueError(f"recalibrate_bn needs a data module that serves calibration batches; "
+            raise ConfigError(f"recalibrate_bn needs a data module that serves calibration batches; "
                              f"{type(datamodule).__name__} does not: set recalibrate_bn=0")
         self._raw_stats = running_stats(pl_module.net)
         loader = datamodule.calibration_loader(self.batches)

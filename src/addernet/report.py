@@ -87,6 +87,25 @@ def settings(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
+# what describes a run besides its overrides; the report lists those that all its runs share
+DESCRIBING_KEYS = ("model.name", "data._target_", "data.root", "data.batch_size", "trainer.max_epochs",
+                   "trainer.accelerator", "trainer.precision", "optimizer.lr", "optimizer.momentum",
+                   "optimizer.weight_decay", "scheduler._target_", "adalr.mode", "adalr.eta", "model.weight_grad",
+                   "recalibrate_bn", "seed")
+
+
+def shared_settings(runs: list[Run]) -> str:
+    values: dict[str, set] = {}
+    for run in runs:
+        config_file = run.path / ".hydra" / "config.yaml"
+        config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
+        for key in DESCRIBING_KEYS:
+            value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+            values.setdefault(key, set()).add(str(value))
+    shared = [f"{key}={next(iter(v))}" for key, v in values.items() if len(v) == 1 and "None" not in v]
+    return ", ".join(shared) or "none"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float] | None:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -103,6 +122,7 @@ COLUMNS = {  # column: (how to read it from a run, is a fraction shown as a perc
     "final acc": (lambda r: r.metrics.get("val/acc"), True),
     "best acc": (lambda r: r.metrics.get("val/acc_best"), True),
     "test acc": (lambda r: r.metrics.get("test/acc"), True),
+    "test acc, BN as trained": (lambda r: r.metrics.get("test/acc_raw"), True),  # only with recalibrate_bn
     "epochs": (lambda r: r.metrics.get("epochs"), False),
     "img/s": (_img_per_s, False),
 }
@@ -120,11 +140,12 @@ def summary_rows(runs: list[Run]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| setting | runs | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    columns = [c for c in COLUMNS if any(row[c] is not None for row in rows) or c in ("final acc", "best acc")]
+    lines = ["| setting | runs | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for row in rows:
         cells = [row["setting"], str(row["runs"]) + (f" ({row['failed']} failed)" if row["failed"] else "")]
-        for column, (_, percent) in COLUMNS.items():
-            cells.append(_format(row[column], percent))
+        for column in columns:
+            cells.append(_format(row[column], COLUMNS[column][1]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -147,6 +168,14 @@ def _pyplot():
     return plt
 
 
+def _by_epoch(runs: list[Run], metric: str) -> dict[int, list[float]]:
+    values: dict[int, list[float]] = {}
+    for run in runs:
+        for epoch, value in run.curves.get(metric, []):
+            values.setdefault(epoch, []).append(value)
+    return values
+
+
 def plot_curves(runs: list[Run], path: Path, metric: str = "val/acc") -> bool:
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -154,17 +183,21 @@ def plot_curves(runs: list[Run], path: Path, metric: str = "val/acc") -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
     for label, group in settings(runs).items():
-        by_epoch: dict[int, list[float]] = {}
-        for run in group:
-            for epoch, value in run.curves.get(metric, []):
-                by_epoch.setdefault(epoch, []).append(value)
+        by_epoch = _by_epoch(group, metric)
         if by_epoch:
             epochs = sorted(by_epoch)
-            ax.plot([e + 1 for e in epochs], [100 * statistics.fmean(by_epoch[e]) for e in epochs],
-                    marker="o" if len(epochs) < 20 else None, label=label)
+            line, = ax.plot([e + 1 for e in epochs], [100 * statistics.fmean(by_epoch[e]) for e in epochs],
+                            marker="o" if len(epochs) < 20 else None, label=label)
             drawn = True
+            raw = _by_epoch(group, f"{metric}_raw")  # recalibrate_bn runs: the same with BatchNorm as trained
+            if raw:
+                ax.plot([e + 1 for e in sorted(raw)], [100 * statistics.fmean(raw[e]) for e in sorted(raw)],
+                        linestyle="--", color=line.get_color(), marker="x" if len(raw) < 20 else None,
+                        label=f"{label}, BatchNorm as trained")
     if drawn:
-        ax.set(xlabel="epoch", ylabel=f"{metric} (%)", title=f"{metric} per setting (mean over seeds)")
+        recalibrated = any(f"{metric}_raw" in r.curves for r in runs)
+        ax.set(xlabel="epoch", ylabel=f"{metric} (%)", title=f"{metric} per setting (mean over seeds)" +
+               (";\nsolid: BatchNorm recalibrated, dashed: as trained" if recalibrated else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -245,7 +278,8 @@ def write_report(paths: list[Path], out_dir: Path | None = None) -> str:
     }
     lines = [f"# Report of {len(runs)} runs", "", f"Runs: {', '.join(str(p) for p in paths)}. Accuracies are "
              "mean ± standard deviation over the runs of a setting (seeds); 'final' is the last validation "
-             "epoch, 'best' the best one, 'test' the best checkpoint on the test split.", "", table]
+             "epoch, 'best' the best one, 'test' the best checkpoint on the test split.", "",
+             "Settings all runs share: " + shared_settings(runs), "", table]
     failed = [r for r in runs if r.metrics is None]
     if failed:
         lines += ["Runs without results:", ""] + [

@@ -6,6 +6,7 @@ import os
 import platform
 
 import torch
+from addernet.errors import ConfigError
 
 
 def device_name(device: torch.device | str | None = None) -> str:
@@ -50,6 +51,6 @@ def configure_threads(setting: int | str | None, processes: int = 1) -> int:
     elif isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
         threads = setting
     else:
-        raise ValueError(f"threads must be a positive integer or auto, got {setting!r}: fix the override threads=...")
+        raise ConfigError(f"threads must be a positive integer or auto, got {setting!r}: fix the override threads=...")
     torch.set_num_threads(threads)
     return threads

@@ -87,3 +87,28 @@ def test_validation_split_is_carved_from_train(tmp_path):
     assert len(dm.splits["val"]) == 15 and len(dm.splits["train"]) == 35 and len(dm.splits["test"]) == 10
     with pytest.raises(ValueError, match="leaves no training images"):
         CIFAR10DataModule(root=str(tmp_path), download=False, val_size=50).setup()
+
+
+def test_evaluation_batches_mix_the_classes_of_class_ordered_files(tmp_path):
+    write_image_folders(tmp_path, {"train": 2, "test": 8}, ext=".png")
+    dm = CIFAR10DataModule(root=str(tmp_path), download=False, batch_size=16)
+    dm.setup()
+    first = next(iter(dm.test_dataloader()))[1]
+    assert len(first.unique()) >= 5  # in file order the first 16 images would be 2 classes
+    every = torch.cat([y for _, y in dm.val_dataloader()])
+    assert sorted(every.tolist()) == sorted(dm.splits["test"].tensors[1].tolist())  # a full pass sees each once
+
+
+def test_a_failed_download_leaves_no_directories_behind(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def unreachable(root, **kwargs):
+        from pathlib import Path
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before downloading
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", unreachable)
+    dm = CIFAR10DataModule(root=str(tmp_path / "new" / "cifar"), download=True)
+    with pytest.raises(DataError, match="the download failed"):
+        dm.prepare_data()
+    assert not (tmp_path / "new").exists() and tmp_path.exists()

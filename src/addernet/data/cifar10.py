@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
+import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +16,7 @@ from addernet.data.errors import DataError
 from addernet.data.images import check_bad_image_policy, list_class_folders, list_images, load_rgb_array
 from addernet.data.in_memory import InMemoryDataModule
 
+log = logging.getLogger(__name__)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PICKLE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -27,6 +30,15 @@ def find_layout(root: Path) -> str | None:
     if (root / "train").is_dir() and (root / "test").is_dir():
         return "folders"
     return None
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None if ``path`` exists)."""
+    path = path.absolute()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
 
 
 def read_pickle_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +75,7 @@ def read_class_folders(split_dir: Path, classes: list[str], bad_images: str = "e
             raise DataError(f"class folder {split_dir / name} holds no images ({', '.join(('.png', '.jpg'))}...)")
         files += images
         labels += [label] * len(images)
+    log.info(f"decoding {len(files)} images under {split_dir} into memory (once per run)")
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes with the GIL released
         arrays = list(pool.map(load_rgb_array if bad_images == "error" else _decode_or_none, files))
     bad = [f for f, a in zip(files, arrays) if a is None]
@@ -113,10 +126,13 @@ class CIFAR10DataModule(InMemoryDataModule):
         if not self.download:
             raise self._missing("no known layout there and data.download=false")
         from torchvision.datasets import CIFAR10
+        created = first_missing(self.root)  # what the download creates, and removes again if it fails
         try:
             for train in (True, False):
                 CIFAR10(str(self.root), train=train, download=True)
         except Exception as err:  # network errors come in many types
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
             raise self._missing(f"the download failed ({err!r})") from err
 
     def load(self):

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
 from addernet.data.errors import DataError
+from addernet.data.resumable import evaluation_order
 from addernet.data.images import check_bad_image_policy, list_class_folders, list_images, load_rgb
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -83,7 +84,8 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
                 n = self.requested_num_classes or len(available)
                 if n > len(available):
                     raise DataError(f"data.num_classes={n} but {self.root / self.train_split} has only "
-                                    f"{len(available)} class folders")
+                                    f"{len(available)} class folders: set data.num_classes={len(available)} or "
+                                    f"less, or data.num_classes=null to take them all")
                 self._classes = available[:n]
         return self._classes
 
@@ -126,7 +128,8 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
                           pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+        order = None if shuffle else evaluation_order(len(self.datasets[split]))  # classes mixed, see there
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, sampler=order,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

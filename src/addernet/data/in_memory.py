@@ -8,13 +8,15 @@ Decoding happens once per process (in ``setup``); loaders serve uint8 tensors, a
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Iterable
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from addernet.data.resumable import EpochPermutation
+from addernet.data.resumable import EpochPermutation, evaluation_order
+from addernet.errors import ConfigError
 
 
 def random_crop_flip(x: torch.Tensor, padding: int) -> torch.Tensor:
@@ -40,9 +42,9 @@ class InMemoryDataModule(pl.LightningDataModule):
                  shuffle: bool = True):
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if val_size < 0:
-            raise ValueError(f"data.val_size must be >= 0, got {val_size}")
+            raise ConfigError(f"data.val_size must be >= 0, got {val_size}")
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.val_size, self.augment, self.crop_padding, self.seed = val_size, augment, crop_padding, seed
         self.shuffle = shuffle
@@ -64,7 +66,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         splits = {"test": TensorDataset(test_x, test_y)}
         if self.val_size:
             if self.val_size >= len(train_y):
-                raise ValueError(f"data.val_size={self.val_size} leaves no training images (train has "
+                raise ConfigError(f"data.val_size={self.val_size} leaves no training images (train has "
                                  f"{len(train_y)})")
             order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.seed))
             val, train = order[:self.val_size], order[self.val_size:]
@@ -74,7 +76,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             splits["val"], splits["train"] = splits["test"], TensorDataset(train_x, train_y)
         self.splits = splits
 
-    def _loader(self, split: str, sampler: EpochPermutation | None = None) -> DataLoader:
+    def _loader(self, split: str, sampler: Iterable[int] | None = None) -> DataLoader:
         # its own generator: starting an epoch draws nothing from the global RNG, whose state checkpoints keep
         return DataLoader(self.splits[split], batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -112,10 +114,10 @@ class InMemoryDataModule(pl.LightningDataModule):
                           batch_size=self.batch_size, generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", evaluation_order(len(self.splits["val"])))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", evaluation_order(len(self.splits["test"])))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)

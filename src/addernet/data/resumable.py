@@ -30,3 +30,10 @@ class EpochPermutation(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         return iter(order[self.skip_for(self.epoch):].tolist())
+
+
+def evaluation_order(size: int, seed: int = 0) -> list[int]:
+    """A fixed shuffled order for evaluation splits. Files are read class by class, so in file order a
+    partial evaluation (``limit_val_batches``, ``limit_test_batches``) would see a few classes only; in this
+    order any first batches are a sample of all classes, and a full evaluation is unchanged."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()

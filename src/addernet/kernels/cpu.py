@@ -20,6 +20,7 @@ reference kernels run instead.
 from __future__ import annotations
 
 import functools
+import logging
 import types
 import warnings
 
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from addernet.kernels import reference
 from addernet.kernels.geometry import Geometry
 from addernet.kernels.reference import compute_dtype, full_weight_grad
+
+log = logging.getLogger(__name__)
 
 
 def _windows(t: torch.Tensor, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int]):
@@ -82,6 +85,9 @@ def _compiled(fn, config: tuple):
     a process that meets many layer geometries never exhausts one shared budget (past which Dynamo would run
     the expression eagerly, materialising the whole broadcast).
     """
+    if not _compiled.cache_info().currsize:
+        log.info("compiling the CPU adder kernels: once per process and layer kind, about 15 s the first time "
+                 "on a small machine; the code is cached on disk, so later runs start faster")
     name = f"{fn.__name__}_{abs(hash(config))}"
     own = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__,
                              fn.__closure__)
