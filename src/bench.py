@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--int8", action="store_true",
+                        help="CPU int8 inference instead: ResNet-20 at batch 1 and 64 with 1 and 2 threads, int8 "
+                             "adder (SAD kernel) vs fp32 adder, fp32 CNN and PyTorch's int8 CNN; and the int8 layers")
     parser.add_argument("--json", help="write all measurements to this file")
     args = parser.parse_args()
 
@@ -50,6 +53,9 @@ def main() -> None:
 
     report = {"device": name, "dtype": args.dtype, "torch": torch.__version__, "tables": {}}
     sections = []
+    if args.int8:
+        sections = int8_sections(args)
+        args.skip_layers = args.skip_models = True
     if not args.skip_layers:
         layer_sets = {"resnet20": (benchmark.RESNET20_LAYERS, batch),
                       "resnet18": (benchmark.RESNET18_LAYERS, imagenet_batch)}
@@ -71,6 +77,20 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
+
+
+def int8_sections(args) -> list:
+    sections = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for batch in (1, 64):
+            sections.append((f"resnet20 int8 inference, batch {batch}, {threads} thread{'s' * (threads > 1)}",
+                             "img/s", "cnn fp32", benchmark.bench_int8_inference("resnet20", batch, args.warmup,
+                                                                                args.repeats)))
+        sections.append((f"resnet20 layers, batch 64, {threads} thread{'s' * (threads > 1)}: int8 adder in "
+                         f"reduction terms/s", "elements/s", "conv2d",
+                         benchmark.bench_int8_layers(benchmark.RESNET20_LAYERS, 64, args.warmup, args.repeats)))
+    return sections
 
 
 if __name__ == "__main__":

@@ -45,3 +45,13 @@ def test_bench_covers_several_model_batch_sizes_with_set_threads(tmp_path):
     titles = list(json.loads(out.read_text())["tables"])
     assert titles == [f"resnet20 whole model, batch {b}, {kind}" for b in (2, 3)
                       for kind in ("training step", "inference")]
+
+
+def test_int8_tables_compare_four_ways_side_by_side():
+    results = benchmark.bench_int8_inference("resnet20", 2, 0, 1)
+    methods = [r.method for r in results]
+    assert methods[0].startswith("adder int8 (") and methods[1:3] == ["adder fp32", "cnn fp32 (channels last)"]
+    assert methods[3].startswith("cnn int8 (")
+    layers = benchmark.bench_int8_layers(benchmark.RESNET20_LAYERS[:1], 2, 0, 1)
+    assert [r.method.split(" (")[0] for r in layers] == ["adder int8", "conv2d fp32"]
+    assert all(r.per_second > 0 for r in results + layers)

@@ -148,3 +148,84 @@ def markdown(results: list[Measurement], unit: str, baseline: str) -> str:
 
 def as_dicts(results: list[Measurement]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+# ---- int8 inference on the CPU ------------------------------------------------------------------------------
+
+def _int8_adder(name: str, x: torch.Tensor) -> torch.nn.Module:
+    from addernet.quantize import calibrate, quantize_model
+
+    net = create_model(f"adder_{name}", num_classes=10).eval()
+    return quantize_model(net, calibrate(net, [x]))
+
+
+def _int8_cnn(name: str, x: torch.Tensor) -> tuple[torch.nn.Module, str]:
+    """The CNN twin through PyTorch's own int8 quantisation (FX graph mode), on the fastest engine here."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    best = None
+    for engine in [e for e in ("x86", "onednn", "fbgemm") if e in torch.backends.quantized.supported_engines]:
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FX quantisation's deprecation notices
+            prepared = prepare_fx(create_model(name, num_classes=10).eval(), get_default_qconfig_mapping(engine),
+                                  example_inputs=(x,))
+            with torch.no_grad():
+                prepared(x)
+            model = convert_fx(prepared)
+        seconds, _ = timed(lambda: model(x), x.device, 2, 5)
+        if best is None or seconds < best[0]:
+            best = (seconds, model, engine)
+    torch.backends.quantized.engine = best[2]
+    return best[1], best[2]
+
+
+@torch.no_grad()
+def bench_int8_inference(name: str, batch: int, warmup: int, repeats: int) -> list[Measurement]:
+    """Whole-model CPU inference, img/s: int8 adder (SAD kernel), fp32 adder, fp32 CNN (channels last) and
+    the int8 CNN twin (PyTorch's quantisation, its fastest engine here)."""
+    from addernet.kernels import int8
+
+    cpu = torch.device("cpu")
+    x = torch.randn(batch, 3, 32, 32)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    cnn_int8, engine = _int8_cnn(name, x)
+    set_backend("cpu")
+    models = {
+        f"adder int8 ({int8.instruction_set()})": (_int8_adder(name, x), xc),
+        "adder fp32": (create_model(f"adder_{name}", num_classes=10).eval(), x),
+        "cnn fp32 (channels last)": (create_model(name, num_classes=10).eval().to(memory_format=torch.channels_last),
+                                     xc),
+        f"cnn int8 ({engine})": (cnn_int8, xc),
+    }
+    results = []
+    for method, (model, inputs) in models.items():
+        seconds, _ = timed(lambda: model(inputs), cpu, warmup, repeats)
+        results.append(Measurement(f"{name} inference bs{batch}, {torch.get_num_threads()} threads", method,
+                                   seconds, None, batch / seconds))
+    set_backend("auto")
+    return results
+
+
+@torch.no_grad()
+def bench_int8_layers(layers, batch: int, warmup: int, repeats: int) -> list[Measurement]:
+    """The int8 adder layer alone, in reduction terms per second (the ``elements/s`` of the float tables)."""
+    from addernet.kernels import int8
+
+    results = []
+    for name, cin, cout, size, k, s, p in layers:
+        x = torch.rand(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
+        qw = int8.quantize(torch.rand(cout, cin, k, k), 1 / 255, 0)
+        packed = int8.pack_filters(qw) if int8.extension_available() else None
+        a, b = torch.ones(cout), torch.zeros(cout)
+        seconds, _ = timed(lambda: int8.sad_forward(x, 1 / 255, 0, qw, s, p, a, b, packed), torch.device("cpu"),
+                           warmup, repeats)
+        w = torch.rand(cout, cin, k, k)
+        conv, _ = timed(lambda: F.conv2d(x, w, stride=s, padding=p), torch.device("cpu"), warmup, repeats)
+        terms = layer_elements(batch, cin, cout, size, k, s, p)
+        results.append(Measurement(name, f"adder int8 ({int8.instruction_set()})", seconds, None, terms / seconds))
+        results.append(Measurement(name, "conv2d fp32 (channels last)", conv, None, terms / conv))
+    return results

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from addernet import quantize
 from addernet.classifier import CONFIG_KEY, ImageClassifier
 from addernet.data.in_memory import InMemoryDataModule
 from addernet.errors import ConfigError, ConfigTypeError, UserError
@@ -268,7 +269,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on ``cfg.data``'s test split; the numbers also go to ``metrics.json`` in the run directory."""
     check_device(cfg)
     use_threads(cfg)
-    module, _ = load_checkpoint_model(cfg.ckpt_path)
+    if quantize.is_export(cfg.ckpt_path):  # a file written by src/export.py
+        module = ImageClassifier(quantize.load_exported(cfg.ckpt_path), optimizer=None)
+    else:
+        module, _ = load_checkpoint_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     if datamodule.num_classes != module.num_classes:
         raise ConfigError(f"the checkpoint's model has {module.num_classes} classes but data={cfg.data._target_} "

@@ -1,0 +1,335 @@
+// int8 adder layer on the CPU: y[m, o] = a[o] * sum_k |qx[m, k] - qw[o, k]| + b[o].
+//
+// The sum of absolute differences of unsigned bytes is one x86 instruction (vpsadbw: |a - b| over 8 bytes
+// into a 64-bit lane; 32 byte pairs per AVX2 instruction, 64 per AVX-512BW one). Input and filters share one
+// 8-bit quantisation (scale s, zero point z), so |x - w| = s * |qx - qw| and the zero point cancels; spatial
+// padding is the byte z (a real 0). The float input is quantised and padded here, channels last, so each
+// window row of a kh x kw window is one contiguous run of kw * C bytes; the filters are packed to match (see
+// below). Sums are exact (at most 255 * K). a and b fold the -s of the adder layer and the BatchNorm after it.
+//
+// The instruction set is chosen at run time (AVX-512BW, AVX2, else portable C++), so one build runs on any
+// x86-64 CPU; threads come from ATen's pool (torch.set_num_threads).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define ADDERNET_X86 1
+#endif
+
+namespace {
+
+// Filters packed for the kernel: (O / 8 groups, kh, T = ceil(kw * C / 8) byte groups, 8 filters, 8 bytes). One
+// 64-byte vector holds the same 8 input bytes' counterparts of 8 filters, so SAD against the input's 8 bytes
+// broadcast to every lane leaves each lane with its own filter's partial sum: the accumulators end up holding
+// 8 outputs side by side, with no horizontal reduction (at K = 144 a reduction per output cost as much as
+// the sums). Bytes past the window row and filters past O are zero, and the input's bytes past the row are
+// masked to zero, so they add nothing.
+constexpr int64_t kLanes = 8;
+
+struct Problem {
+  const uint8_t* x;   // padded input (N, Hp, Wp, C), with slack after the end
+  const uint8_t* w;   // packed filters, see above
+  const float* a;
+  const float* b;
+  float* y;           // (N, Ho, Wo, O)
+  int64_t Hp, Wp, C, O, kh, kw, Ho, Wo, stride;
+  int64_t run;        // bytes per window row: kw * C
+  int64_t groups;     // byte groups per window row: ceil(run / 8)
+};
+
+inline const uint8_t* window(const Problem& p, int64_t m) {
+  const int64_t n = m / (p.Ho * p.Wo), rest = m % (p.Ho * p.Wo);
+  const int64_t i = rest / p.Wo, j = rest % p.Wo;
+  return p.x + ((n * p.Hp + i * p.stride) * p.Wp + j * p.stride) * p.C;
+}
+
+inline const uint8_t* filters(const Problem& p, int64_t group, int64_t u) {
+  return p.w + (group * p.kh + u) * p.groups * kLanes * 8;
+}
+
+inline uint64_t load8(const uint8_t* ptr) {
+  uint64_t v;
+  std::memcpy(&v, ptr, 8);
+  return v;
+}
+
+// the input bytes of the last group of a row that belong to the row
+inline uint64_t tail_mask(const Problem& p) {
+  const int64_t tail = p.run - 8 * (p.groups - 1);
+  return tail == 8 ? ~0ULL : ((1ULL << (8 * tail)) - 1);
+}
+
+// 8 outputs of filter group g at position m: y = a * sum + b, the filters past O left out
+inline void store8(const Problem& p, int64_t m, int64_t g, const int64_t* sums) {
+  const int64_t o0 = g * kLanes, count = std::min<int64_t>(kLanes, p.O - o0);
+  for (int64_t f = 0; f < count; ++f) p.y[m * p.O + o0 + f] = p.a[o0 + f] * static_cast<float>(sums[f]) + p.b[o0 + f];
+}
+
+void positions_portable(const Problem& p, int64_t begin, int64_t end) {
+  const int64_t row_bytes = p.Wp * p.C;
+  const uint64_t last = tail_mask(p);
+  for (int64_t m = begin; m < end; ++m) {
+    const uint8_t* xw = window(p, m);
+    for (int64_t g = 0; g * kLanes < p.O; ++g) {
+      int64_t sums[kLanes] = {0};
+      for (int64_t u = 0; u < p.kh; ++u) {
+        const uint8_t* wr = filters(p, g, u);
+        for (int64_t t = 0; t < p.groups; ++t) {
+          uint64_t xv = load8(xw + u * row_bytes + 8 * t);
+          if (t == p.groups - 1) xv &= last;
+          for (int64_t f = 0; f < kLanes; ++f)
+            for (int k = 0; k < 8; ++k)
+              sums[f] += std::abs(int((xv >> (8 * k)) & 0xFF) - int(wr[(t * kLanes + f) * 8 + k]));
+        }
+      }
+      store8(p, m, g, sums);
+    }
+  }
+}
+
+#ifdef ADDERNET_X86
+
+// P positions x G groups of 8 filters: P * G accumulators (AVX-512: 32 registers).
+template <int P, int G>
+__attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Problem& p, const uint8_t* const* xw,
+                                                                       int64_t g0, int64_t m0) {
+  const int64_t row_bytes = p.Wp * p.C, groups = p.groups, kh = p.kh;
+  const __m512i last = _mm512_set1_epi64(static_cast<long long>(tail_mask(p)));
+  __m512i acc[P][G];
+  for (int q = 0; q < P; ++q)
+    for (int g = 0; g < G; ++g) acc[q][g] = _mm512_setzero_si512();
+  for (int64_t u = 0; u < kh; ++u) {
+    const uint8_t* wr[G];
+    for (int g = 0; g < G; ++g) wr[g] = filters(p, g0 + g, u);
+    for (int64_t t = 0; t < groups; ++t) {
+      const __m512i keep = t == groups - 1 ? last : _mm512_set1_epi64(-1);
+      __m512i xb[P];
+      for (int q = 0; q < P; ++q)
+        xb[q] = _mm512_and_si512(_mm512_set1_epi64(static_cast<long long>(load8(xw[q] + u * row_bytes + 8 * t))),
+                                 keep);
+      for (int g = 0; g < G; ++g) {
+        const __m512i wv = _mm512_loadu_si512(wr[g] + 64 * t);
+        for (int q = 0; q < P; ++q) acc[q][g] = _mm512_add_epi64(acc[q][g], _mm512_sad_epu8(xb[q], wv));
+      }
+    }
+  }
+  for (int q = 0; q < P; ++q)
+    for (int g = 0; g < G; ++g) {
+      alignas(64) int64_t sums[kLanes];
+      _mm512_store_si512(sums, acc[q][g]);
+      store8(p, m0 + q, g0 + g, sums);
+    }
+}
+
+// AVX2: a group's 8 filters are two 32-byte halves of 4 lanes each.
+template <int P, int G>
+__attribute__((target("avx2"))) void block_avx2(const Problem& p, const uint8_t* const* xw, int64_t g0, int64_t m0) {
+  const int64_t row_bytes = p.Wp * p.C, groups = p.groups, kh = p.kh;
+  const __m256i last = _mm256_set1_epi64x(static_cast<long long>(tail_mask(p)));
+  __m256i acc[P][2 * G];
+  for (int q = 0; q < P; ++q)
+    for (int h = 0; h < 2 * G; ++h) acc[q][h] = _mm256_setzero_si256();
+  for (int64_t u = 0; u < kh; ++u) {
+    const uint8_t* wr[G];
+    for (int g = 0; g < G; ++g) wr[g] = filters(p, g0 + g, u);
+    for (int64_t t = 0; t < groups; ++t) {
+      const __m256i keep = t == groups - 1 ? last : _mm256_set1_epi64x(-1);
+      __m256i xb[P];
+      for (int q = 0; q < P; ++q)
+        xb[q] = _mm256_and_si256(
+            _mm256_set1_epi64x(static_cast<long long>(load8(xw[q] + u * row_bytes + 8 * t))), keep);
+      for (int h = 0; h < 2 * G; ++h) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[h / 2] + 64 * t + 32 * (h % 2)));
+        for (int q = 0; q < P; ++q) acc[q][h] = _mm256_add_epi64(acc[q][h], _mm256_sad_epu8(xb[q], wv));
+      }
+    }
+  }
+  for (int q = 0; q < P; ++q)
+    for (int g = 0; g < G; ++g) {
+      alignas(32) int64_t sums[kLanes];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[q][2 * g]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 4), acc[q][2 * g + 1]);
+      store8(p, m0 + q, g0 + g, sums);
+    }
+}
+
+template <int P, int G>
+struct Avx512 {
+  static void run(const Problem& p, const uint8_t* const* xw, int64_t g, int64_t m) { block_avx512<P, G>(p, xw, g, m); }
+};
+template <int P, int G>
+struct Avx2 {
+  static void run(const Problem& p, const uint8_t* const* xw, int64_t g, int64_t m) { block_avx2<P, G>(p, xw, g, m); }
+};
+
+// Blocks of 4 positions x 2 filter groups (16 filters); leftovers in blocks of 1 position or 1 group.
+template <template <int, int> class Kernel>
+void positions_blocked(const Problem& p, int64_t begin, int64_t end) {
+  const int64_t groups = (p.O + kLanes - 1) / kLanes;
+  int64_t m = begin;
+  for (; m + 4 <= end; m += 4) {
+    const uint8_t* xw[4] = {window(p, m), window(p, m + 1), window(p, m + 2), window(p, m + 3)};
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) Kernel<4, 2>::run(p, xw, g, m);
+    for (; g < groups; ++g) Kernel<4, 1>::run(p, xw, g, m);
+  }
+  for (; m < end; ++m) {
+    const uint8_t* xw[1] = {window(p, m)};
+    int64_t g = 0;
+    for (; g + 2 <= groups; g += 2) Kernel<1, 2>::run(p, xw, g, m);
+    for (; g < groups; ++g) Kernel<1, 1>::run(p, xw, g, m);
+  }
+}
+
+#endif  // ADDERNET_X86
+
+// Which instructions this CPU runs; ADDERNET_SAD_ISA=avx2|portable forces a slower path (for tests).
+const char* chosen_isa() {
+  static const char* isa = [] {
+    const char* forced = std::getenv("ADDERNET_SAD_ISA");
+#ifdef ADDERNET_X86
+    __builtin_cpu_init();
+    const bool avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512dq");
+    const bool avx2 = __builtin_cpu_supports("avx2");
+    if (forced && std::strcmp(forced, "portable") == 0) return "portable";
+    if (forced && std::strcmp(forced, "avx2") == 0 && avx2) return "avx2";
+    if (avx512) return "avx512bw";
+    if (avx2) return "avx2";
+#else
+    (void)forced;
+#endif
+    return "portable";
+  }();
+  return isa;
+}
+
+// q = clamp(round_half_even(x * inv + zp), 0, 255), as quantize() in int8.py; a libm rounding call would cost
+// more than the whole layer, so: clamp, then add and subtract 1.5 * 2^23, which leaves no fraction bits.
+inline uint8_t quantize_one(float x, float inv, float zp) {
+  const float v = std::min(255.0f, std::max(0.0f, x * inv + zp));
+  return static_cast<uint8_t>((v + 12582912.0f) - 12582912.0f);
+}
+
+#ifdef ADDERNET_X86
+__attribute__((target("avx2"))) void quantize_row_avx2(const float* __restrict__ src, uint8_t* __restrict__ dst,
+                                                       int64_t count, float inv, float zp) {
+  const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zp);
+  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int64_t k = 0;
+  for (; k + 32 <= count; k += 32) {
+    __m256i q[4];
+    for (int t = 0; t < 4; ++t) {
+      // mul then add (no fused multiply-add), the same float operations as the scalar path
+      __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(src + k + 8 * t), vinv), vzp);
+      v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+      q[t] = _mm256_cvtps_epi32(v);  // round half to even (the default rounding mode)
+    }
+    const __m256i words = _mm256_packus_epi32(q[0], q[1]), words2 = _mm256_packus_epi32(q[2], q[3]);
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words2), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), bytes);
+  }
+  for (; k < count; ++k) dst[k] = quantize_one(src[k], inv, zp);
+}
+#endif
+
+void quantize_row(const float* src, uint8_t* dst, int64_t count, float inv, float zp, const char* isa) {
+#ifdef ADDERNET_X86
+  if (std::strcmp(isa, "portable") != 0) return quantize_row_avx2(src, dst, count, inv, zp);
+#endif
+  for (int64_t k = 0; k < count; ++k) dst[k] = quantize_one(src[k], inv, zp);
+}
+
+constexpr int64_t kSlack = 64;  // bytes readable past the padded input (the last 8-byte loads)
+
+}  // namespace
+
+// x: float (N, H, W, C) contiguous; w: uint8 filters from sad_pack; a, b: float (O).
+at::Tensor sad_forward(const at::Tensor& x, double inv_scale, int64_t zero_point, const at::Tensor& w, int64_t kh,
+                       int64_t kw, int64_t stride, int64_t padding, const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be float NHWC contiguous");
+  TORCH_CHECK(w.dim() == 5 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(3) == kLanes &&
+              w.size(4) == 8, "w must come from sad_pack");
+  TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "zero_point must be in [0, 255]");
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3), O = a.numel();
+  TORCH_CHECK(w.size(0) == (O + kLanes - 1) / kLanes && w.size(1) == kh && w.size(2) == (kw * C + 7) / 8,
+              "w does not fit the input");
+  TORCH_CHECK(b.numel() == O, "a and b need one value per filter");
+  const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
+  const int64_t Ho = (Hp - kh) / stride + 1, Wo = (Wp - kw) / stride + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, "the kernel is larger than the padded input");
+
+  // quantise and pad, channels last, with slack for the last vector loads
+  at::Tensor xq = at::empty({N * Hp * Wp * C + kSlack}, x.options().dtype(at::kByte));
+  uint8_t* q = xq.data_ptr<uint8_t>();
+  const float* xs = x.data_ptr<float>();
+  const float inv = static_cast<float>(inv_scale), zp = static_cast<float>(zero_point);
+  const char* isa = chosen_isa();
+  std::memset(q + N * Hp * Wp * C, 0, kSlack);
+  at::parallel_for(0, N * Hp, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / Hp, h = r % Hp - padding;
+      uint8_t* dst = q + r * Wp * C;
+      if (h < 0 || h >= H) {
+        std::memset(dst, static_cast<int>(zero_point), Wp * C);
+        continue;
+      }
+      std::memset(dst, static_cast<int>(zero_point), padding * C);
+      std::memset(dst + (padding + W) * C, static_cast<int>(zero_point), padding * C);
+      quantize_row(xs + (n * H + h) * W * C, dst + padding * C, W * C, inv, zp, isa);
+    }
+  });
+
+  at::Tensor y = at::empty({N, Ho, Wo, O}, x.options());
+  const at::Tensor af = a.contiguous().to(at::kFloat), bf = b.contiguous().to(at::kFloat);
+  Problem p{q, w.data_ptr<uint8_t>(), af.data_ptr<float>(), bf.data_ptr<float>(), y.data_ptr<float>(),
+            Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C, w.size(2)};
+  const int64_t M = N * Ho * Wo;
+  at::parallel_for(0, (M + 3) / 4, 8, [&](int64_t begin, int64_t end) {
+    const int64_t m0 = 4 * begin, m1 = std::min(M, 4 * end);
+#ifdef ADDERNET_X86
+    if (std::strcmp(isa, "avx512bw") == 0) return positions_blocked<Avx512>(p, m0, m1);
+    if (std::strcmp(isa, "avx2") == 0) return positions_blocked<Avx2>(p, m0, m1);
+#endif
+    positions_portable(p, m0, m1);
+  });
+  return y;
+}
+
+// uint8 filters (O, C, kh, kw) -> the packed layout described at the top
+at::Tensor sad_pack(const at::Tensor& qw) {
+  TORCH_CHECK(qw.dim() == 4 && qw.scalar_type() == at::kByte, "filters must be uint8 (O, C, kh, kw)");
+  const int64_t O = qw.size(0), C = qw.size(1), kh = qw.size(2), kw = qw.size(3), run = kw * C;
+  const int64_t groups = (O + kLanes - 1) / kLanes, T = (run + 7) / 8;
+  const at::Tensor rows = qw.permute({0, 2, 3, 1}).contiguous();  // (O, kh, kw, C): a window row is contiguous
+  at::Tensor packed = at::zeros({groups, kh, T, kLanes, 8}, qw.options());
+  const uint8_t* src = rows.data_ptr<uint8_t>();
+  uint8_t* dst = packed.data_ptr<uint8_t>();
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t u = 0; u < kh; ++u)
+      for (int64_t k = 0; k < run; ++k)
+        dst[(((o / kLanes) * kh + u) * T + k / 8) * kLanes * 8 + (o % kLanes) * 8 + k % 8] = src[(o * kh + u) * run + k];
+  return packed;
+}
+
+std::string sad_isa() { return chosen_isa(); }
+
+TORCH_LIBRARY(addernet_int8, m) {
+  m.def("sad_forward(Tensor x, float inv_scale, int zero_point, Tensor w, int kh, int kw, int stride, int padding, "
+        "Tensor a, Tensor b) -> Tensor");
+  m.def("sad_isa() -> str", &sad_isa);
+  m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
+}
+
+TORCH_LIBRARY_IMPL(addernet_int8, CPU, m) { m.impl("sad_forward", sad_forward); }

@@ -1,0 +1,88 @@
+"""The int8 adder layer on the CPU: ``csrc/adder_sad.cpp`` (the SAD instruction), built on first use.
+
+``sad_forward(x, scale, zero_point, qw, stride, padding, a, b)`` computes, for a float input ``x``
+(N, C, H, W) quantised with one ``scale`` and ``zero_point`` shared with the filters,
+``y[n, o, i, j] = a[o] * sum_{c,u,v} |qx_pad[n, c, i*s+u, j*s+v] - qw[o, c, u, v]| + b[o]`` exactly in integers
+before the final affine map (which folds the adder's -scale and the BatchNorm after it). Input and output
+are channels-last in memory (NCHW shapes), so consecutive layers need no copies.
+
+The C++ extension is compiled once with the machine's compiler and cached (PyTorch's extension cache,
+``TORCH_EXTENSIONS_DIR``); without a compiler a warning is given once and :func:`sad_forward_reference`, the
+same integer arithmetic in plain PyTorch (much slower), runs instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).parent / "csrc" / "adder_sad.cpp"
+
+
+@functools.cache
+def extension_available() -> bool:
+    """Build (or load from the cache) the C++ kernel; False, with a warning, where that fails."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        log.info("building the int8 SAD kernel (once; cached): about a minute on a small machine")
+        # the SRA limit lets GCC keep the kernel's block of accumulators in registers (at its default it
+        # stored them after every instruction, 4x slower)
+        load(name="addernet_int8", sources=[str(SOURCE)], is_python_module=False, verbose=False,
+             extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off",  # a * sum + b rounded as PyTorch does
+                           "--param=sra-max-scalarization-size-Ospeed=4096"],
+             extra_ldflags=["-fopenmp"])
+        return True
+    except Exception as err:  # noqa: BLE001  (compiler missing, headers missing, build errors)
+        warnings.warn(f"the int8 SAD kernel could not be built ({type(err).__name__}: {str(err)[:300]}); int8 adder "
+                      f"layers run a slow plain-PyTorch version of the same arithmetic. Install a C++ compiler "
+                      f"(g++) to get the fast kernel.")
+        return False
+
+
+def instruction_set() -> str:
+    """``avx512bw``, ``avx2`` or ``portable``: what the kernel runs on this CPU (``reference`` without it)."""
+    return torch.ops.addernet_int8.sad_isa() if extension_available() else "reference"
+
+
+def quantize(t: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``clamp(round(t * (1/scale) + zero_point), 0, 255)`` as uint8, in float32 and rounding half to even:
+    the kernel's own arithmetic, step for step."""
+    inv = torch.tensor(1.0 / scale, dtype=torch.float32)
+    return torch.round(t.float() * inv + float(zero_point)).clamp_(0, 255).to(torch.uint8)
+
+
+def pack_filters(qw: torch.Tensor) -> torch.Tensor:
+    """uint8 filters (O, C, kh, kw) -> the kernel's layout (see ``csrc/adder_sad.cpp``); needs the extension."""
+    return torch.ops.addernet_int8.sad_pack(qw.contiguous())
+
+
+def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor, stride: int, padding: int,
+                a: torch.Tensor, b: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
+    """The int8 adder layer (module doc); ``qw`` uint8 filters (O, C, kh, kw), ``packed`` their
+    :func:`pack_filters` layout if already made."""
+    if not extension_available():
+        return sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b)
+    packed = pack_filters(qw) if packed is None else packed
+    nhwc = x.permute(0, 2, 3, 1).contiguous().float()  # free when x is channels-last already
+    kh, kw = qw.shape[2:]
+    y = torch.ops.addernet_int8.sad_forward(nhwc, 1.0 / scale, zero_point, packed, kh, kw, stride, padding, a, b)
+    return y.permute(0, 3, 1, 2)
+
+
+def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b) -> torch.Tensor:
+    """The kernel's arithmetic in plain PyTorch: exact integer sums, then the affine map."""
+    qx = F.pad(quantize(x, scale, zero_point).float(), (padding,) * 4, value=zero_point)
+    kh, kw = qw.shape[2:]
+    n, _, hp, wp = qx.shape
+    ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    cols = F.unfold(qx, (kh, kw), stride=stride).to(torch.int32)  # (N, C*kh*kw, L); bytes are exact in float
+    sums = torch.stack([(cols - w.reshape(-1, 1)).abs().sum(1) for w in qw.to(torch.int32)], 1)  # (N, O, L)
+    y = a.view(1, -1, 1) * sums.float() + b.view(1, -1, 1)
+    return y.reshape(n, -1, ho, wo).contiguous(memory_format=torch.channels_last)

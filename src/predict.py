@@ -1,0 +1,25 @@
+"""Classify image files with an exported model: ``python src/predict.py MODEL.int8.pt IMAGE [IMAGE ...]``."""
+
+import argparse
+import sys
+
+from addernet.deploy import predict
+from addernet.errors import UserError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", help="a file written by src/export.py")
+    parser.add_argument("images", nargs="+", help="image files (resized to the model's input size)")
+    parser.add_argument("--top", type=int, default=1, help="classes to show per image")
+    args = parser.parse_args()
+    try:
+        for file, classes in predict(args.model, args.images, args.top):
+            print(f"{file}: " + ", ".join(f"{name} ({100 * p:.1f}%)" for name, p in classes))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
