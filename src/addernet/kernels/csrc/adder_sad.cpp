@@ -53,6 +53,25 @@ inline const uint8_t* window(const Problem& p, int64_t m) {
   return p.x + ((n * p.Hp + i * p.stride) * p.Wp + j * p.stride) * p.C;
 }
 
+// the windows of positions m, m + 1, ... in order
+struct Positions {
+  const Problem& p;
+  int64_t n, i, j;
+  Positions(const Problem& prob, int64_t m) : p(prob) {
+    n = m / (p.Ho * p.Wo);
+    i = (m % (p.Ho * p.Wo)) / p.Wo;
+    j = m % p.Wo;
+  }
+  const uint8_t* next() {
+    const uint8_t* at = p.x + ((n * p.Hp + i * p.stride) * p.Wp + j * p.stride) * p.C;
+    if (++j == p.Wo) {
+      j = 0;
+      if (++i == p.Ho) i = 0, ++n;
+    }
+    return at;
+  }
+};
+
 inline const uint8_t* filters(const Problem& p, int64_t group, int64_t u) {
   return p.w + (group * p.kh + u) * p.groups * kLanes * 8;
 }
@@ -105,18 +124,22 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
                                                                        int64_t g0, int64_t m0) {
   const int64_t row_bytes = p.Wp * p.C, groups = p.groups, kh = p.kh;
   const __m512i last = _mm512_set1_epi64(static_cast<long long>(tail_mask(p)));
+  const bool masked = tail_mask(p) != ~0ULL;
   __m512i acc[P][G];
   for (int q = 0; q < P; ++q)
     for (int g = 0; g < G; ++g) acc[q][g] = _mm512_setzero_si512();
   for (int64_t u = 0; u < kh; ++u) {
     const uint8_t* wr[G];
     for (int g = 0; g < G; ++g) wr[g] = filters(p, g0 + g, u);
-    for (int64_t t = 0; t < groups; ++t) {
-      const __m512i keep = t == groups - 1 ? last : _mm512_set1_epi64(-1);
+    // all byte groups but a partial last one unmasked; the mask only where the row ends inside a group
+    const int64_t whole = masked ? groups - 1 : groups;
+    for (int64_t t = 0; t <= whole; ++t) {
+      if (t == whole && !masked) break;
       __m512i xb[P];
-      for (int q = 0; q < P; ++q)
-        xb[q] = _mm512_and_si512(_mm512_set1_epi64(static_cast<long long>(load8(xw[q] + u * row_bytes + 8 * t))),
-                                 keep);
+      for (int q = 0; q < P; ++q) {
+        xb[q] = _mm512_set1_epi64(static_cast<long long>(load8(xw[q] + u * row_bytes + 8 * t)));
+        if (t == whole) xb[q] = _mm512_and_si512(xb[q], last);
+      }
       for (int g = 0; g < G; ++g) {
         const __m512i wv = _mm512_loadu_si512(wr[g] + 64 * t);
         for (int q = 0; q < P; ++q) acc[q][g] = _mm512_add_epi64(acc[q][g], _mm512_sad_epu8(xb[q], wv));
@@ -125,9 +148,16 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
   }
   for (int q = 0; q < P; ++q)
     for (int g = 0; g < G; ++g) {
-      alignas(64) int64_t sums[kLanes];
-      _mm512_store_si512(sums, acc[q][g]);
-      store8(p, m0 + q, g0 + g, sums);
+      const int64_t o = (g0 + g) * kLanes;
+      if (o + kLanes <= p.O) {  // y = a * sum + b for 8 filters at once (a multiply and an add, not fused)
+        const __m256 sums = _mm512_cvtepi64_ps(acc[q][g]);
+        const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), sums), _mm256_loadu_ps(p.b + o));
+        _mm256_storeu_ps(p.y + (m0 + q) * p.O + o, y);
+      } else {
+        alignas(64) int64_t sums[kLanes];
+        _mm512_store_si512(sums, acc[q][g]);
+        store8(p, m0 + q, g0 + g, sums);
+      }
     }
 }
 
@@ -136,18 +166,21 @@ template <int P, int G>
 __attribute__((target("avx2"))) void block_avx2(const Problem& p, const uint8_t* const* xw, int64_t g0, int64_t m0) {
   const int64_t row_bytes = p.Wp * p.C, groups = p.groups, kh = p.kh;
   const __m256i last = _mm256_set1_epi64x(static_cast<long long>(tail_mask(p)));
+  const bool masked = tail_mask(p) != ~0ULL;
   __m256i acc[P][2 * G];
   for (int q = 0; q < P; ++q)
     for (int h = 0; h < 2 * G; ++h) acc[q][h] = _mm256_setzero_si256();
   for (int64_t u = 0; u < kh; ++u) {
     const uint8_t* wr[G];
     for (int g = 0; g < G; ++g) wr[g] = filters(p, g0 + g, u);
-    for (int64_t t = 0; t < groups; ++t) {
-      const __m256i keep = t == groups - 1 ? last : _mm256_set1_epi64x(-1);
+    const int64_t whole = masked ? groups - 1 : groups;
+    for (int64_t t = 0; t <= whole; ++t) {
+      if (t == whole && !masked) break;
       __m256i xb[P];
-      for (int q = 0; q < P; ++q)
-        xb[q] = _mm256_and_si256(
-            _mm256_set1_epi64x(static_cast<long long>(load8(xw[q] + u * row_bytes + 8 * t))), keep);
+      for (int q = 0; q < P; ++q) {
+        xb[q] = _mm256_set1_epi64x(static_cast<long long>(load8(xw[q] + u * row_bytes + 8 * t)));
+        if (t == whole) xb[q] = _mm256_and_si256(xb[q], last);
+      }
       for (int h = 0; h < 2 * G; ++h) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[h / 2] + 64 * t + 32 * (h % 2)));
         for (int q = 0; q < P; ++q) acc[q][h] = _mm256_add_epi64(acc[q][h], _mm256_sad_epu8(xb[q], wv));
@@ -177,14 +210,16 @@ template <template <int, int> class Kernel>
 void positions_blocked(const Problem& p, int64_t begin, int64_t end) {
   const int64_t groups = (p.O + kLanes - 1) / kLanes;
   int64_t m = begin;
+  Positions at(p, m);  // window pointers by counting, not dividing (divisions cost as much as small layers' sums)
   for (; m + 4 <= end; m += 4) {
-    const uint8_t* xw[4] = {window(p, m), window(p, m + 1), window(p, m + 2), window(p, m + 3)};
+    const uint8_t* xw[4];
+    for (int q = 0; q < 4; ++q) xw[q] = at.next();
     int64_t g = 0;
     for (; g + 2 <= groups; g += 2) Kernel<4, 2>::run(p, xw, g, m);
     for (; g < groups; ++g) Kernel<4, 1>::run(p, xw, g, m);
   }
   for (; m < end; ++m) {
-    const uint8_t* xw[1] = {window(p, m)};
+    const uint8_t* xw[1] = {at.next()};
     int64_t g = 0;
     for (; g + 2 <= groups; g += 2) Kernel<1, 2>::run(p, xw, g, m);
     for (; g < groups; ++g) Kernel<1, 1>::run(p, xw, g, m);
