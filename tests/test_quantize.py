@@ -5,7 +5,7 @@ import torch
 
 from addernet.errors import ConfigError
 from addernet.models import create_model
-from addernet.quantize import Int8Adder2d, calibrate, load_exported, quantize_model
+from addernet.quantize import Int8Adder2d, Int8ResidualBlock, calibrate, load_exported, quantize_model
 from addernet.training import train
 from data_files import write_image_folders
 from hydra_helpers import run_script
@@ -44,6 +44,8 @@ def test_calibration_and_quantisation_keep_a_resnets_predictions():
     assert len(params) == 20 and all(0 <= zp <= 255 and s > 0 for s, zp in params.values())
     quantized = quantize_model(net, params)
     assert sum(isinstance(m, Int8Adder2d) for m in quantized.modules()) == 20
+    assert sum(isinstance(m, Int8ResidualBlock) for m in quantized.modules()) == 9  # ReLU and sum in the kernel
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in quantized.stages.modules())  # all folded
     x = torch.randn(64, 3, 16, 16)
     with torch.no_grad():
         agree = (quantized(x).argmax(1) == net(x).argmax(1)).float().mean().item()

@@ -67,11 +67,12 @@ class Int8Adder2d(nn.Module):
         layer.b.copy_(b)
         return layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        """The layer and its BatchNorm; ``residual`` added and ``relu`` applied in the same pass."""
         if self._packed is None and int8.extension_available():
             self._packed = int8.pack_filters(self.qweight)
         return int8.sad_forward(x, self.scale, self.zero_point, self.qweight, self.stride, self.padding, self.a,
-                                self.b, self._packed)
+                                self.b, self._packed, residual, relu)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._packed = None  # new filters: pack again
@@ -80,6 +81,40 @@ class Int8Adder2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, scale={self.scale:.4g}, zero_point={self.zero_point}")
+
+
+class Int8ResidualBlock(nn.Module):
+    """A ResNet block (basic or bottleneck) whose layers all run in int8: each layer's BatchNorm is folded in,
+    the ReLUs and the residual addition happen in the kernel's output pass. Same attribute names as the float
+    block, so the state dict reads the same."""
+
+    def __init__(self, layers: list[Int8Adder2d], downsample: nn.Module | None):
+        super().__init__()
+        self.depth = len(layers)
+        for i, layer in enumerate(layers, 1):
+            setattr(self, f"conv{i}", layer)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x
+        for i in range(1, self.depth):
+            out = getattr(self, f"conv{i}")(out, relu=True)
+        return getattr(self, f"conv{self.depth}")(out, residual=identity, relu=True)
+
+
+def fuse_blocks(model: nn.Module) -> nn.Module:
+    """Replace every ResNet block whose layers are all int8 by an :class:`Int8ResidualBlock`."""
+    from addernet.models import BasicBlock, Bottleneck
+
+    for parent in list(model.modules()):
+        for name, block in list(parent._modules.items()):
+            if not isinstance(block, (BasicBlock, Bottleneck)):
+                continue
+            layers = [getattr(block, f"conv{i}") for i in range(1, 4) if hasattr(block, f"conv{i}")]
+            if all(isinstance(layer, Int8Adder2d) for layer in layers):
+                parent._modules[name] = Int8ResidualBlock(layers, block.downsample)
+    return model
 
 
 def adder_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str | None]]:
@@ -146,7 +181,7 @@ def quantize_model(model: nn.Module, params: dict[str, tuple[float, int]]) -> nn
         parent._modules[adder_name] = Int8Adder2d.from_float(adder, bn, scale, zero_point)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return quantized.to(memory_format=torch.channels_last)
+    return fuse_blocks(quantized).to(memory_format=torch.channels_last)
 
 
 def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.Module:
@@ -158,7 +193,7 @@ def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.
         parent._modules[adder_name] = Int8Adder2d(**meta)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return net.to(memory_format=torch.channels_last)
+    return fuse_blocks(net).to(memory_format=torch.channels_last)
 
 
 def export(quantized: nn.Module, path: Path, *, model_name: str, num_classes: int, class_names: list[str] | None,

@@ -43,6 +43,10 @@ def test_kernel_is_exact(case):
                                rtol=0, atol=0)
     reference = int8.sad_forward_reference(x, scale, zero_point, qw, s, p, a, b)
     torch.testing.assert_close(reference, y, rtol=0, atol=0)
+    # the fused ending of a residual block: + residual, then ReLU, in the same pass
+    residual = torch.randn_like(y)
+    fused = int8.sad_forward(x, scale, zero_point, qw, s, p, a, b, residual=residual, relu=True)
+    torch.testing.assert_close(fused, (y + residual).relu(), rtol=0, atol=0)
 
 
 def test_quantization_rounds_and_clamps_as_the_kernel_does():

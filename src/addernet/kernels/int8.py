@@ -63,20 +63,26 @@ def pack_filters(qw: torch.Tensor) -> torch.Tensor:
     return torch.ops.addernet_int8.sad_pack(qw.contiguous())
 
 
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1).contiguous().float()  # free when t is channels-last already
+
+
 def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor, stride: int, padding: int,
-                a: torch.Tensor, b: torch.Tensor, packed: torch.Tensor | None = None) -> torch.Tensor:
+                a: torch.Tensor, b: torch.Tensor, packed: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """The int8 adder layer (module doc); ``qw`` uint8 filters (O, C, kh, kw), ``packed`` their
-    :func:`pack_filters` layout if already made."""
+    :func:`pack_filters` layout if already made. ``residual`` (the output's shape) is added and ``relu``
+    applied in the same pass: a residual block's ending costs no extra trip through memory."""
     if not extension_available():
-        return sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b)
+        return sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b, residual, relu)
     packed = pack_filters(qw) if packed is None else packed
-    nhwc = x.permute(0, 2, 3, 1).contiguous().float()  # free when x is channels-last already
     kh, kw = qw.shape[2:]
-    y = torch.ops.addernet_int8.sad_forward(nhwc, 1.0 / scale, zero_point, packed, kh, kw, stride, padding, a, b)
+    y = torch.ops.addernet_int8.sad_forward(_nhwc(x), 1.0 / scale, zero_point, packed, kh, kw, stride, padding, a, b,
+                                            None if residual is None else _nhwc(residual), relu)
     return y.permute(0, 3, 1, 2)
 
 
-def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b) -> torch.Tensor:
+def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b, residual=None, relu=False) -> torch.Tensor:
     """The kernel's arithmetic in plain PyTorch: exact integer sums, then the affine map."""
     qx = F.pad(quantize(x, scale, zero_point).float(), (padding,) * 4, value=zero_point)
     kh, kw = qw.shape[2:]
@@ -84,5 +90,7 @@ def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b) -> to
     ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
     cols = F.unfold(qx, (kh, kw), stride=stride).to(torch.int32)  # (N, C*kh*kw, L); bytes are exact in float
     sums = torch.stack([(cols - w.reshape(-1, 1)).abs().sum(1) for w in qw.to(torch.int32)], 1)  # (N, O, L)
-    y = a.view(1, -1, 1) * sums.float() + b.view(1, -1, 1)
-    return y.reshape(n, -1, ho, wo).contiguous(memory_format=torch.channels_last)
+    y = (a.view(1, -1, 1) * sums.float() + b.view(1, -1, 1)).reshape(n, -1, ho, wo)
+    if residual is not None:
+        y = y + residual
+    return (y.relu() if relu else y).contiguous(memory_format=torch.channels_last)

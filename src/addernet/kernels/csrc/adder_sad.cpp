@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -42,6 +43,8 @@ struct Problem {
   const float* a;
   const float* b;
   float* y;           // (N, Ho, Wo, O)
+  const float* residual;  // added to y before the ReLU, (N, Ho, Wo, O); or null
+  bool relu;
   int64_t Hp, Wp, C, O, kh, kw, Ho, Wo, stride;
   int64_t run;        // bytes per window row: kw * C
   int64_t groups;     // byte groups per window row: ceil(run / 8)
@@ -88,10 +91,17 @@ inline uint64_t tail_mask(const Problem& p) {
   return tail == 8 ? ~0ULL : ((1ULL << (8 * tail)) - 1);
 }
 
-// 8 outputs of filter group g at position m: y = a * sum + b, the filters past O left out
+// the output map of one value: a * sum + b (a multiply and an add, not fused), + residual, ReLU
+inline float output(const Problem& p, int64_t at, int64_t o, int64_t sum) {
+  float y = p.a[o] * static_cast<float>(sum) + p.b[o];
+  if (p.residual) y += p.residual[at];
+  return p.relu ? std::max(y, 0.0f) : y;
+}
+
+// 8 outputs of filter group g at position m, the filters past O left out
 inline void store8(const Problem& p, int64_t m, int64_t g, const int64_t* sums) {
   const int64_t o0 = g * kLanes, count = std::min<int64_t>(kLanes, p.O - o0);
-  for (int64_t f = 0; f < count; ++f) p.y[m * p.O + o0 + f] = p.a[o0 + f] * static_cast<float>(sums[f]) + p.b[o0 + f];
+  for (int64_t f = 0; f < count; ++f) p.y[m * p.O + o0 + f] = output(p, m * p.O + o0 + f, o0 + f, sums[f]);
 }
 
 void positions_portable(const Problem& p, int64_t begin, int64_t end) {
@@ -149,10 +159,13 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
   for (int q = 0; q < P; ++q)
     for (int g = 0; g < G; ++g) {
       const int64_t o = (g0 + g) * kLanes;
-      if (o + kLanes <= p.O) {  // y = a * sum + b for 8 filters at once (a multiply and an add, not fused)
+      if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
+        const int64_t at = (m0 + q) * p.O + o;
         const __m256 sums = _mm512_cvtepi64_ps(acc[q][g]);
-        const __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), sums), _mm256_loadu_ps(p.b + o));
-        _mm256_storeu_ps(p.y + (m0 + q) * p.O + o, y);
+        __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), sums), _mm256_loadu_ps(p.b + o));
+        if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
+        if (p.relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
+        _mm256_storeu_ps(p.y + at, y);
       } else {
         alignas(64) int64_t sums[kLanes];
         _mm512_store_si512(sums, acc[q][g]);
@@ -292,7 +305,8 @@ constexpr int64_t kSlack = 64;  // bytes readable past the padded input (the las
 
 // x: float (N, H, W, C) contiguous; w: uint8 filters from sad_pack; a, b: float (O).
 at::Tensor sad_forward(const at::Tensor& x, double inv_scale, int64_t zero_point, const at::Tensor& w, int64_t kh,
-                       int64_t kw, int64_t stride, int64_t padding, const at::Tensor& a, const at::Tensor& b) {
+                       int64_t kw, int64_t stride, int64_t padding, const at::Tensor& a, const at::Tensor& b,
+                       const std::optional<at::Tensor>& residual, bool relu) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be float NHWC contiguous");
   TORCH_CHECK(w.dim() == 5 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(3) == kLanes &&
               w.size(4) == 8, "w must come from sad_pack");
@@ -328,8 +342,14 @@ at::Tensor sad_forward(const at::Tensor& x, double inv_scale, int64_t zero_point
 
   at::Tensor y = at::empty({N, Ho, Wo, O}, x.options());
   const at::Tensor af = a.contiguous().to(at::kFloat), bf = b.contiguous().to(at::kFloat);
+  at::Tensor res;
+  if (residual.has_value()) {
+    res = residual->contiguous();
+    TORCH_CHECK(res.scalar_type() == at::kFloat && res.sizes() == y.sizes(), "residual must be float (N, Ho, Wo, O)");
+  }
   Problem p{q, w.data_ptr<uint8_t>(), af.data_ptr<float>(), bf.data_ptr<float>(), y.data_ptr<float>(),
-            Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C, w.size(2)};
+            res.defined() ? res.data_ptr<float>() : nullptr, relu, Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C,
+            w.size(2)};
   const int64_t M = N * Ho * Wo;
   at::parallel_for(0, (M + 3) / 4, 8, [&](int64_t begin, int64_t end) {
     const int64_t m0 = 4 * begin, m1 = std::min(M, 4 * end);
@@ -362,7 +382,7 @@ std::string sad_isa() { return chosen_isa(); }
 
 TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_forward(Tensor x, float inv_scale, int zero_point, Tensor w, int kh, int kw, int stride, int padding, "
-        "Tensor a, Tensor b) -> Tensor");
+        "Tensor a, Tensor b, Tensor? residual, bool relu) -> Tensor");
   m.def("sad_isa() -> str", &sad_isa);
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
 }
