@@ -135,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         prepare_wandb(Path(cfg.paths.output_dir))
     loggers = _instantiate_dict(cfg.get("logger"))
     for logger in loggers:
-        if resume and isinstance(logger, ResumableCSVLogger):
+        if isinstance(resume, Path) and isinstance(logger, ResumableCSVLogger):
             logger.continue_from(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
     callbacks = [c for c in _instantiate_dict(cfg.get("callbacks"))
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it needs a logger to write to
@@ -215,12 +215,14 @@ def check_device(cfg: DictConfig) -> None:
         raise ConfigError("trainer=tpu needs torch_xla (a TPU machine); use trainer=default or trainer=cpu here")
 
 
-def resume_checkpoint(cfg: DictConfig) -> Path | None:
+def resume_checkpoint(cfg: DictConfig) -> Path | str | None:
     """The checkpoint ``ckpt_path`` names (``last``: this run directory's ``checkpoints/last.ckpt``), checked to
-    hold the model being trained; None for a new run."""
+    hold the model being trained; ``"hpc"`` as it is (Lightning's SLURM requeue checkpoint); None for a new run."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
+    if ckpt == "hpc":
+        return ckpt
     if ckpt == "last":
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if not path.is_file():  # a requeued cluster job's first attempt, or a missing hydra.run.dir
