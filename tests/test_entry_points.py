@@ -13,8 +13,10 @@ TINY = ["trainer=cpu", "run_name=test", "data=synthetic", "data.train_size=64", 
         "data.image_size=8", "data.batch_size=16", "trainer.max_epochs=1"]
 
 
-def test_logger_none_runs(tmp_path):
-    metrics = train(compose_config(TINY + ["logger=none"], tmp_path))
+@pytest.mark.parametrize("choice", ["logger=none", "logger=csv", "debug=overfit", "debug=limit"])
+def test_documented_choices_run(choice, tmp_path):
+    extra = ["trainer.max_epochs=3"] if choice == "debug=overfit" else []  # 30 epochs of one batch is slow
+    metrics = train(compose_config(TINY + ["logger=csv", choice] + extra, tmp_path))
     assert 0 <= metrics["test/acc"] <= 1
 
 

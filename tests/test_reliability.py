@@ -1,4 +1,5 @@
 import signal
+import warnings
 
 import pytest
 import torch
@@ -28,7 +29,10 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(signum, tmp_
     assert stop.value.code == 128 + int(signum)
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 8 and saved["epoch"] == 1
-    resumed = train(compose_config(BASE + ["ckpt_path=last"], run))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        resumed = train(compose_config(BASE + ["ckpt_path=last"], run))
+    assert not [w for w in seen if "not resumable" in str(w.message)]  # it is resumable: no false alarm
     final_whole, final_resumed = weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), weights(
         run / "checkpoints" / "last.ckpt")
     for key, value in final_whole.items():

@@ -56,6 +56,12 @@ def pca_2d(features: torch.Tensor) -> torch.Tensor:
     return centred @ v[:2].T
 
 
+def feature_sample(size: int, samples: int) -> torch.Tensor:
+    """Indices of a seeded sample of ``samples`` of ``size`` test images, spread over the whole test set (test
+    data is often stored class by class, so its first images would be a few classes)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:samples]
+
+
 class AdderTracker(pl.Callback):
     def __init__(self, log_every_n_steps: int = 50, histogram_bins: int = 64, feature_samples: int = 2000):
         self.every, self.bins, self.feature_samples = log_every_n_steps, histogram_bins, feature_samples
@@ -186,10 +192,8 @@ class AdderTracker(pl.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        features, labels = torch.cat(self._features), torch.cat(self._labels)
-        # a seeded sample of the whole test set: test data is often stored class by class
-        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:self.feature_samples]
-        points, labels = pca_2d(features[keep]), labels[keep]
+        keep = feature_sample(sum(len(y) for y in self._labels), self.feature_samples)
+        points, labels = pca_2d(torch.cat(self._features)[keep]), torch.cat(self._labels)[keep]
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
         fig, ax = plt.subplots(figsize=(6, 6))
         cmap = plt.get_cmap("tab10" if pl_module.num_classes <= 10 else "tab20")
