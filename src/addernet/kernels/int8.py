@@ -60,6 +60,8 @@ def quantize(t: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
 
 def pack_filters(qw: torch.Tensor) -> torch.Tensor:
     """uint8 filters (O, C, kh, kw) -> the kernel's layout (see ``csrc/adder_sad.cpp``); needs the extension."""
+    if not extension_available():
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_forward runs without it")
     return torch.ops.addernet_int8.sad_pack(qw.contiguous())
 
 
