@@ -49,3 +49,25 @@ def write_image_folders(root: Path, splits: dict[str, int], classes=CLASSES, siz
                 elif i % 7 == 6 and ext.lower() == ".png":
                     image = image.convert("RGBA")
                 image.save(folder / f"{i:04d}{ext}")
+
+
+def write_mnist_idx(folder: Path, split: str, count: int, gz: bool = True, seed: int = 0) -> tuple:
+    """torchvision's MNIST raw files: big-endian IDX headers, then uint8 pixels (N x 28 x 28) and labels."""
+    import gzip
+
+    from addernet.data.mnist import FILES, IMAGE_MAGIC, LABEL_MAGIC
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, count, dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    images_name, labels_name = FILES[split]
+    for name, header, body in ((images_name, [IMAGE_MAGIC, count, 28, 28], pixels),
+                               (labels_name, [LABEL_MAGIC, count], labels)):
+        data = np.array(header, dtype=">i4").tobytes() + body.tobytes()
+        if gz:
+            with gzip.open(folder / f"{name}.gz", "wb") as f:
+                f.write(data)
+        else:
+            (folder / name).write_bytes(data)
+    return pixels, labels

@@ -6,10 +6,10 @@ from hydra.utils import instantiate
 
 from addernet.training import train
 from addernet.models import list_models
-from data_files import write_image_folders
+from data_files import write_image_folders, write_mnist_idx
 from hydra_helpers import CONF, compose_config, run_script
 
-DATA = ["cifar10", "imagenet_subset", "synthetic"]
+DATA = ["cifar10", "imagenet_subset", "mnist", "synthetic"]
 FAST = ["trainer=cpu", "logger=csv", "run_name=test"]
 TINY = ["data=synthetic", "data.train_size=64", "data.test_size=32", "data.image_size=8", "data.batch_size=16"]
 
@@ -44,6 +44,14 @@ def tiny_cifar_folders(root: Path) -> Path:
     return root / "cifar"
 
 
+def tiny_mnist(root: Path) -> Path:
+    from addernet.data.mnist import RAW_DIR
+
+    write_mnist_idx(root / "mnist" / RAW_DIR, "train", 16)
+    write_mnist_idx(root / "mnist" / RAW_DIR, "test", 8, seed=1)
+    return root / "mnist"
+
+
 def tiny_imagenet(root: Path) -> Path:
     write_image_folders(root / "imagenet", {"train": 2, "val": 1}, classes=("n01", "n02", "n03"), size=(36, 36),
                         ext=".JPEG")
@@ -56,6 +64,8 @@ def test_fast_dev_run_for_each_data_module(data, tmp_path):
                          "data.batch_size=8"],
              "imagenet_subset": [f"data.root={tiny_imagenet(tmp_path)}", "data.image_size=32", "data.num_workers=0",
                                  "data.batch_size=4", "data.num_classes=3", "model=adder_resnet18"],
+             "mnist": [f"data.root={tiny_mnist(tmp_path)}", "data.download=false", "data.batch_size=8",
+                       "model=adder_lenet5_bn"],
              "synthetic": TINY[1:]}[data]
     cfg = compose_config(FAST + ["debug=fdr", f"data={data}"] + extra, tmp_path)
     metrics = train(cfg)

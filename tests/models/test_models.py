@@ -6,23 +6,25 @@ from addernet import Adder2d
 from addernet.models import BasicBlock, Bottleneck, create_model, is_adder_model, list_models
 
 ADDER = [n for n in list_models() if is_adder_model(n)]
-IMAGE = {"resnet20": 32, "resnet32": 32, "resnet18": 32, "resnet50": 32}
+INPUT = {"resnet20": (3, 32), "resnet32": (3, 32), "resnet18": (3, 32), "resnet50": (3, 32), "lenet5_bn": (1, 28)}
+RESNETS = [n for n in list_models() if "resnet" in n]
 
 
 def test_registry_has_the_paper_models():
-    assert {"adder_resnet20", "adder_resnet32", "adder_resnet18", "adder_resnet50",
-            "resnet20", "resnet32", "resnet18", "resnet50"} <= set(list_models())
+    assert {"adder_resnet20", "adder_resnet32", "adder_resnet18", "adder_resnet50", "adder_lenet5_bn",
+            "resnet20", "resnet32", "resnet18", "resnet50", "lenet5_bn"} <= set(list_models())
 
 
 def test_unknown_model_names_the_known_ones():
-    with pytest.raises(ValueError, match="known models: adder_resnet18"):
+    with pytest.raises(ValueError, match="known models: adder_lenet5_bn, adder_resnet18"):
         create_model("adder_resnet21")
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_model_runs_forward_and_backward(name):
     model = create_model(name, num_classes=7)
-    x = torch.randn(2, 3, IMAGE[name.removeprefix("adder_")], IMAGE[name.removeprefix("adder_")])
+    channels, size = INPUT[name.removeprefix("adder_")]
+    x = torch.randn(2, channels, size, size)
     logits = model(x)
     assert logits.shape == (2, 7)
     logits.logsumexp(1).sum().backward()
@@ -35,7 +37,7 @@ def test_adder_model_has_the_parameters_of_its_cnn_twin(name):
     assert [p.shape for p in adder.parameters()] == [p.shape for p in cnn.parameters()]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNETS)
 def test_layer_placement(name):
     model = create_model(name)
     body = Adder2d if is_adder_model(name) else nn.Conv2d
@@ -97,3 +99,13 @@ def test_whole_adder_network_compiles_without_graph_breaks():
     y.sum().backward()
     torch.testing.assert_close(y, model(x))
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_lenet5_bn_is_all_adder_with_batchnorm_after_every_layer():
+    adder, cnn = create_model("adder_lenet5_bn"), create_model("lenet5_bn")
+    layers = ["conv1", "conv2", "fc1", "fc2", "fc"]
+    assert all(type(getattr(adder, n)) is Adder2d for n in layers)  # the paper counts no multiplications
+    assert all(type(getattr(cnn, n)) is nn.Conv2d for n in layers)
+    for layer, bn in zip(layers, ["bn1", "bn2", "bn3", "bn4", "bn_logits"]):
+        assert getattr(adder, bn).num_features == getattr(adder, layer).out_channels
+    assert adder.features(torch.randn(3, 1, 28, 28)).shape == (3, 84)

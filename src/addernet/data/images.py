@@ -39,3 +39,8 @@ def load_rgb(path: Path) -> Image.Image:
 
 def load_rgb_array(path: Path) -> np.ndarray:
     return np.asarray(load_rgb(path), dtype=np.uint8)
+
+
+def load_gray_array(path: Path) -> np.ndarray:
+    """An image as one grayscale channel, (H, W, 1) uint8; unreadable files raise DataError."""
+    return np.asarray(load_rgb(path).convert("L"), dtype=np.uint8)[:, :, None]

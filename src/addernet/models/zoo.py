@@ -1,7 +1,9 @@
-"""The registered ResNets: CIFAR (20, 32) and ImageNet (18, 50), each as adder network and CNN twin."""
+"""The registered models, each as adder network and CNN twin: ResNets for CIFAR (20, 32) and ImageNet (18,
+50), and LeNet-5-BN for MNIST."""
 
 from __future__ import annotations
 
+from addernet.models.lenet import LeNet5BN
 from addernet.models.registry import register_model
 from addernet.models.resnet import BasicBlock, Bottleneck, ResNet, layer_factory
 
@@ -27,3 +29,15 @@ def _register(name: str, kind: str) -> None:
 for _name in _ARCHS:
     _register(_name, "adder")
     _register(_name, "conv")
+
+
+def _register_lenet(kind: str) -> None:
+    def build(num_classes: int = 10, in_channels: int = 1, **layer_options) -> LeNet5BN:
+        return LeNet5BN(layer_factory(kind, **layer_options), num_classes, in_channels)
+
+    build.__doc__ = f"LeNet-5-BN ({'adder layers throughout' if kind == 'adder' else 'CNN'}), for 28x28 images"
+    register_model(("adder_" if kind == "adder" else "") + "lenet5_bn")(build)
+
+
+_register_lenet("adder")
+_register_lenet("conv")
