@@ -6,13 +6,15 @@ from addernet import Adder2d
 from addernet.models import BasicBlock, Bottleneck, create_model, is_adder_model, list_models
 
 ADDER = [n for n in list_models() if is_adder_model(n)]
-INPUT = {"resnet20": (3, 32), "resnet32": (3, 32), "resnet18": (3, 32), "resnet50": (3, 32), "lenet5_bn": (1, 28)}
+INPUT = {"resnet20": (3, 32), "resnet32": (3, 32), "resnet18": (3, 32), "resnet50": (3, 32), "lenet5_bn": (1, 28),
+         "vgg_small": (3, 32)}
 RESNETS = [n for n in list_models() if "resnet" in n]
 
 
 def test_registry_has_the_paper_models():
     assert {"adder_resnet20", "adder_resnet32", "adder_resnet18", "adder_resnet50", "adder_lenet5_bn",
-            "resnet20", "resnet32", "resnet18", "resnet50", "lenet5_bn"} <= set(list_models())
+            "adder_vgg_small", "resnet20", "resnet32", "resnet18", "resnet50", "lenet5_bn", "vgg_small"
+            } <= set(list_models())
 
 
 def test_unknown_model_names_the_known_ones():
@@ -108,4 +110,15 @@ def test_lenet5_bn_is_all_adder_with_batchnorm_after_every_layer():
     assert all(type(getattr(cnn, n)) is nn.Conv2d for n in layers)
     for layer, bn in zip(layers, ["bn1", "bn2", "bn3", "bn4", "bn_logits"]):
         assert getattr(adder, bn).num_features == getattr(adder, layer).out_channels
-    assert adder.features(torch.randn(3, 1, 28, 28)).shape == (3, 84)
+    assert cnn.features(torch.randn(3, 1, 28, 28)).shape == (3, 84)
+
+
+def test_vgg_small_structure():
+    model = create_model("adder_vgg_small", num_classes=100)
+    adders = [m for m in model.modules() if isinstance(m, Adder2d)]
+    assert [m.out_channels for m in adders] == [128, 256, 256, 512, 512]
+    assert type(model.stem[0]) is nn.Conv2d and type(model.fc) is nn.Conv2d  # first layer and classifier multiply
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 3
+    cnn = create_model("vgg_small", num_classes=100)  # shapes (the adder twin runs in the test above)
+    assert cnn.features(torch.randn(2, 3, 32, 32)).shape == (2, 512 * 4 * 4)
+    assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 100)

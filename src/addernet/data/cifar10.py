@@ -17,7 +17,9 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
 
 
-def read_pickle_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def read_pickle_batches(folder: Path, names: tuple[str, ...], label_key: bytes = b"labels"
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's CIFAR pickles (CIFAR-100 keeps its labels under b"fine_labels")."""
     images, labels = [], []
     for name in names:
         path = folder / name
@@ -25,9 +27,9 @@ def read_pickle_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Ten
             with open(path, "rb") as f:
                 batch = pickle.load(f, encoding="bytes")
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch[b"labels"])
+            labels.extend(batch[label_key])
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-            raise DataError(f"cannot read CIFAR-10 batch {path}: {err!r}. Delete {folder} and run again with "
+            raise DataError(f"cannot read CIFAR batch {path}: {err!r}. Delete {folder} and run again with "
                             f"data.download=true, or restore the file.") from err
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
 

@@ -1,11 +1,12 @@
 """The registered models, each as adder network and CNN twin: ResNets for CIFAR (20, 32) and ImageNet (18,
-50), and LeNet-5-BN for MNIST."""
+50), VGG-small for CIFAR and LeNet-5-BN for MNIST."""
 
 from __future__ import annotations
 
 from addernet.models.lenet import LeNet5BN
 from addernet.models.registry import register_model
 from addernet.models.resnet import BasicBlock, Bottleneck, ResNet, layer_factory
+from addernet.models.vgg import VGGSmall
 
 _ARCHS = {
     # name: (block, depths, widths, stem, default classes)
@@ -31,13 +32,14 @@ for _name in _ARCHS:
     _register(_name, "conv")
 
 
-def _register_lenet(kind: str) -> None:
-    def build(num_classes: int = 10, in_channels: int = 1, **layer_options) -> LeNet5BN:
-        return LeNet5BN(layer_factory(kind, **layer_options), num_classes, in_channels)
+def _register_plain(name: str, cls, in_channels: int, kind: str, about: str) -> None:
+    def build(num_classes: int = 10, in_channels: int = in_channels, **layer_options):
+        return cls(layer_factory(kind, **layer_options), num_classes, in_channels)
 
-    build.__doc__ = f"LeNet-5-BN ({'adder layers throughout' if kind == 'adder' else 'CNN'}), for 28x28 images"
-    register_model(("adder_" if kind == "adder" else "") + "lenet5_bn")(build)
+    build.__doc__ = f"{name} ({'adder network' if kind == 'adder' else 'CNN'}), {about}"
+    register_model(("adder_" if kind == "adder" else "") + name)(build)
 
 
-_register_lenet("adder")
-_register_lenet("conv")
+for _kind in ("adder", "conv"):
+    _register_plain("lenet5_bn", LeNet5BN, 1, _kind, "for 28x28 grayscale images (MNIST)")
+    _register_plain("vgg_small", VGGSmall, 3, _kind, "for 32x32 images (CIFAR)")

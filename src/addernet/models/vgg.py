@@ -1,0 +1,43 @@
+"""VGG-small, the CIFAR network of the AdderNet paper's Table 1 (from the binary-network literature): six 3x3
+layers of 128, 128, 256, 256, 512, 512 channels with BatchNorm and ReLU, a 2x2 max-pool after every second
+one, and a classifier on the flattened 512 x 4 x 4 features. As in the ResNets, the first layer and the
+classifier stay multiplicative and the adder network and its CNN twin share their parameter shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from addernet.models.resnet import LayerFactory
+
+WIDTHS = (128, 128, 256, 256, 512, 512)
+
+
+class VGGSmall(nn.Module):
+    def __init__(self, layer: LayerFactory, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, WIDTHS[0], 3, 1, 1, bias=False), nn.BatchNorm2d(WIDTHS[0]),
+                                  nn.ReLU(inplace=True))
+        body: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:]), start=1):
+            body += [layer(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            if i % 2 == 1:  # after the 2nd, 4th and 6th layer (the stem is the 1st)
+                body.append(nn.MaxPool2d(2))
+        self.body = nn.Sequential(*body)
+        self.pool = nn.Identity()  # the penultimate features: 512 x 4 x 4 for 32x32 images, flattened
+        self.feature_dim = WIDTHS[-1] * 4 * 4
+        self.fc = nn.Conv2d(self.feature_dim, num_classes, 1, bias=False)
+        self.bn_logits = nn.BatchNorm2d(num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.body(self.stem(x)).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn_logits(self.fc(self.features(x)[:, :, None, None])).flatten(1)
