@@ -26,9 +26,15 @@ class ImageClassifier(pl.LightningModule):
 
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, adalr: AdaptiveLR | None = None,
-                 num_classes: int | None = None, run_config: dict | None = None):
+                 num_classes: int | None = None, run_config: dict | None = None,
+                 teacher: nn.Module | None = None, kd_temperature: float = 4.0, kd_weight: float = 0.5):
         super().__init__()
         self.net = net
+        # a frozen teacher for distillation; kept out of the module tree: not trained, not in checkpoints
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
+        self.kd_temperature, self.kd_weight = kd_temperature, kd_weight
+        self._teacher_acc = MulticlassAccuracy(net.num_classes, average="micro") if teacher is not None else None
+        self._teacher_logged = False
         self.optimizer_builder, self.scheduler_builder = optimizer, scheduler
         self.adalr = adalr or AdaptiveLR(mode="off")
         self.num_classes = num_classes or net.num_classes
@@ -46,10 +52,34 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+            self._teacher_acc.to(self.device)
+
+    def distillation_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Hinton et al.'s logits distillation: T^2 * KL(teacher || student) at temperature T."""
+        t = self.kd_temperature
+        return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True,
+                        reduction="batchmean") * t * t
+
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        if self.teacher is not None and stage in ("train", "val"):
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            if stage == "train":
+                kd = self.distillation_loss(logits, teacher_logits)
+                self.log("train/kd_loss", kd, on_step=False, on_epoch=True, batch_size=y.numel())
+                loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
+            elif not self._teacher_logged and not self.trainer.sanity_checking:
+                self._teacher_acc.update(teacher_logits, y)
         self.losses[f"{stage}_loss"](loss.detach(), weight=y.numel())
         self.metrics[f"{stage}_acc"](logits.detach(), y)
         self.metrics[f"{stage}_acc_top5"](logits.detach(), y)
@@ -72,6 +102,9 @@ class ImageClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        if self.teacher is not None and not self._teacher_logged:  # once: the teacher does not change
+            self.log("teacher/val_acc", self._teacher_acc.compute(), sync_dist=True)
+            self._teacher_logged = True
         self.val_acc_best(self.metrics["val_acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 

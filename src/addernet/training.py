@@ -127,10 +127,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model, num_classes=datamodule.num_classes)
+    distill = cfg.get("distill") or {}
     module = ImageClassifier(
         net, optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        adalr=instantiate(cfg.adalr), run_config=OmegaConf.to_container(cfg, resolve=True))
+        adalr=instantiate(cfg.adalr), run_config=OmegaConf.to_container(cfg, resolve=True),
+        teacher=load_teacher(distill.get("teacher_ckpt"), datamodule),
+        kd_temperature=float(distill.get("temperature", 4.0)), kd_weight=float(distill.get("weight", 0.5)))
     if "wandb" in (cfg.get("logger") or {}):
         prepare_wandb(Path(cfg.paths.output_dir))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -239,6 +242,27 @@ def resume_checkpoint(cfg: DictConfig) -> Path | str | None:
         raise ConfigError(f"ckpt_path={ckpt} holds a {saved.get('name')} but model={cfg.model.name}: resume with "
                           f"model={saved.get('name')} or start a new run")
     return path
+
+
+def load_teacher(ckpt: str | None, datamodule) -> torch.nn.Module | None:
+    """The network of a checkpoint to distil from, checked to fit the data: same classes, same input."""
+    if not ckpt:
+        return None
+    teacher, config = load_checkpoint_model(ckpt)
+    if teacher.num_classes != datamodule.num_classes:
+        raise ConfigError(f"distill.teacher_ckpt={ckpt} has {teacher.num_classes} classes but the data has "
+                          f"{datamodule.num_classes}: distil from a model trained on the same classes")
+    datamodule.setup()
+    x = next(iter(datamodule.test_dataloader()))[0][:2]
+    x = datamodule.on_after_batch_transfer((x, None), 0)[0] if hasattr(datamodule, "normalize") else x
+    try:
+        with torch.no_grad():
+            teacher.net.eval()(x)
+    except RuntimeError as err:
+        raise ConfigError(f"distill.teacher_ckpt={ckpt} ({config['model']['name']}) cannot take this data's "
+                          f"images of shape {tuple(x.shape[1:])} ({str(err).splitlines()[0]}): distil from a "
+                          f"model trained on the same kind of images") from None
+    return teacher.net
 
 
 def load_checkpoint_model(ckpt_path: str | Path) -> tuple[ImageClassifier, dict]:
