@@ -103,8 +103,11 @@ def _compiled_or_none(fn, *args):
     config = (fn.__name__, tensors[0].dtype, *(a for a in args if not isinstance(a, torch.Tensor)))
     if config in _unavailable:
         return None
+    # detached: whether an argument requires grad is guarded on, and a process that mixes training and
+    # evaluation (or thread counts) would otherwise spend its recompile budget on it and lose the kernel
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     try:
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never a silent eager fallback
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=32):  # never eager
             return _compiled(fn, config)(*args)
     except Exception as err:  # noqa: BLE001  (Inductor raises many kinds of build errors)
         warnings.warn(f"the compiled CPU adder kernel {config} is unavailable ({type(err).__name__}: {err}); "
