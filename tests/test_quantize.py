@@ -103,3 +103,19 @@ def test_damaged_or_foreign_files_are_refused_clearly(tmp_path):
         load_exported(other)
     result = run_script("predict.py", str(bad), str(bad), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_filters_beyond_the_grid_are_clipped_exactly():
+    """Adder filters range far wider than their inputs; clipping them to the grid moves a per-channel constant
+    into the bias, and the result stays within rounding of the float layer."""
+    from addernet import Adder2d
+
+    torch.manual_seed(0)
+    adder = Adder2d(8, 4, 3, padding=1).eval()
+    adder.weight.data.mul_(5)  # mostly outside the inputs' range [0, 2]
+    x = torch.rand(2, 8, 5, 5) * 2
+    scale = 2 / 255
+    layer = Int8Adder2d.from_float(adder, None, scale, zero_point=0)  # the grid is [0, 2]
+    with torch.no_grad():
+        expected = adder(x)
+    assert (layer(x) - expected).abs().max() <= 72 * scale  # each of 72 terms within a step of rounding

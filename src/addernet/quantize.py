@@ -57,9 +57,17 @@ class Int8Adder2d(nn.Module):
             raise ConfigError(f"int8 export supports square, ungrouped, undilated adder layers; got {adder}")
         layer = cls(adder.in_channels, adder.out_channels, adder.kernel_size[0], adder.stride[0], adder.padding[0],
                     scale, zero_point)
-        layer.qweight.copy_(int8.quantize(adder.weight.detach(), scale, zero_point))
-        a = torch.full((adder.out_channels,), -scale)  # y = -s * sum |qx - qw| (+ bias)
+        # Filter values outside the grid [lo, hi] are clipped to its edge, exactly: for an input x on the grid
+        # and w < lo, |x - w| = |x - lo| + (lo - w) (likewise above hi), so the clipped amount is a constant
+        # per output channel, moved into the bias. Adder filters range far wider than their inputs (here up
+        # to 47 against inputs under 5); without this one grid for both would be 10x coarser for the inputs.
+        lo, hi = -zero_point * scale, (255 - zero_point) * scale
+        w = adder.weight.detach().float()
+        clipped = w.clamp(lo, hi)
+        layer.qweight.copy_(int8.quantize(clipped, scale, zero_point))
+        a = torch.full((adder.out_channels,), -scale)  # y = -s * sum |qx - qw| - (what clipping removed) + bias
         b = adder.bias.detach().clone() if adder.bias is not None else torch.zeros(adder.out_channels)
+        b = b - (w - clipped).abs().sum((1, 2, 3))
         if bn is not None:  # BatchNorm in eval mode: gamma * (y - mean) / sqrt(var + eps) + beta
             factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
             a, b = a * factor, (b - bn.running_mean) * factor + bn.bias.detach()
@@ -134,7 +142,8 @@ def adder_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str | None]]:
 @torch.no_grad()
 def calibrate(model: nn.Module, batches, percentile: float = DEFAULT_PERCENTILE,
               samples_per_layer: int = 2_000_000) -> dict[str, tuple[float, int]]:
-    """(scale, zero point) of every adder layer, from the inputs it sees on ``batches`` (float tensors)."""
+    """(scale, zero point) of every adder layer: its inputs' central ``percentile`` range on ``batches`` (float
+    tensors), with 0; filter values outside it are clipped exactly (see :meth:`Int8Adder2d.from_float`)."""
     if not 50 < percentile <= 100:
         raise ConfigError(f"calibration percentile must be in (50, 100], got {percentile}")
     adders = {name: m for name, m in model.named_modules() if isinstance(m, Adder2d)}
@@ -163,8 +172,7 @@ def calibrate(model: nn.Module, batches, percentile: float = DEFAULT_PERCENTILE,
         x = torch.cat(seen[name])[:samples_per_layer]
         q = torch.tensor([(100 - percentile) / 100, percentile / 100])
         x_lo, x_hi = torch.quantile(x, q).tolist()
-        w = adder.weight.detach()
-        lo, hi = min(w.min().item(), x_lo, 0.0), max(w.max().item(), x_hi, 0.0)  # 0 (padding) is on the grid
+        lo, hi = min(x_lo, 0.0), max(x_hi, 0.0)  # 0 (padding) is on the grid; filters are clipped exactly
         scale = (hi - lo) / 255 if hi > lo else 1.0
         params[name] = (scale, int(min(255, max(0, round(-lo / scale)))))
     return params
