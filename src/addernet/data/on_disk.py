@@ -33,8 +33,8 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
-def read_class_folders(split_dir: Path, classes: list[str], bad_images: str = "error",
-                       shape: tuple[int, int, int] = (32, 32, 3), what: str = "the"
+def read_class_folders(split_dir: Path, classes: list[str], bad_images: str,
+                       shape: tuple[int, int, int], what: str
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of ``split_dir/<class>/`` for the given classes, decoded into (N, C, H, W) uint8 and labels;
     ``shape`` (H, W, C) is what each image must be (C = 1: read as grayscale)."""
