@@ -10,8 +10,8 @@ import json
 
 import torch
 
-from addernet import benchmark
-from addernet.kernels import BACKENDS, choose
+from addernet.experiments import benchmark
+from addernet.nn.kernels import BACKENDS, choose
 from addernet.system import device_name
 
 

@@ -4,7 +4,7 @@ import dotenv
 import hydra
 from omegaconf import DictConfig
 
-from addernet.training import evaluate, run_job
+from addernet.experiments.run import evaluate, run_job
 
 dotenv.load_dotenv()
 

@@ -8,8 +8,8 @@ import dotenv
 import hydra
 from omegaconf import DictConfig
 
-from addernet.deploy import export
-from addernet.training import run_job
+from addernet.experiments.deploy import export
+from addernet.experiments.run import run_job
 
 dotenv.load_dotenv()
 

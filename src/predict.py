@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from addernet.deploy import predict
+from addernet.experiments.deploy import predict
 from addernet.errors import UserError
 
 

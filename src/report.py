@@ -9,7 +9,7 @@ PATH), and prints the table. Works offline, from the CSV files every run writes.
 import argparse
 from pathlib import Path
 
-from addernet.report import write_report
+from addernet.experiments.report import write_report
 
 
 def main() -> None:

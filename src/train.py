@@ -6,8 +6,8 @@ import dotenv
 import hydra
 from omegaconf import DictConfig
 
-from addernet.sweep import register_sweep_resolver
-from addernet.training import run_job, train
+from addernet.experiments.sweep import register_sweep_resolver
+from addernet.experiments.run import run_job, train
 
 dotenv.load_dotenv()  # DATA_DIR, WANDB_* from .env
 register_sweep_resolver(Path(__file__).resolve().parents[1] / "sweeps")  # sweep=NAME reads sweeps/NAME.yaml

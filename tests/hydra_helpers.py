@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from addernet.sweep import register_sweep_resolver
+from addernet.experiments.sweep import register_sweep_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

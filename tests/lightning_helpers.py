@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import torch
 
 from addernet import Adder2d
-from addernet.adalr import AdaptiveLR
-from addernet.classifier import ImageClassifier
+from addernet.training.adalr import AdaptiveLR
+from addernet.training.classifier import ImageClassifier
 from addernet.data import SyntheticDataModule
 from addernet.models import create_model
 

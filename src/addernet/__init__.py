@@ -1,8 +1,12 @@
-"""AdderNet: adder layers (negative L1 instead of multiply-accumulate), their networks and their training."""
+"""AdderNet: adder layers (negative L1 instead of multiply-accumulate), their networks and their training.
 
-from addernet.functional import adder2d
-from addernet.kernels import get_backend, set_backend
-from addernet.layer import Adder2d
+Where things live: ``addernet.nn`` (the operator, the layer, the kernels, int8), ``addernet.models`` (networks by
+name), ``addernet.data`` (Lightning data modules), ``addernet.training`` (the LightningModule, AdaLR,
+distillation, callbacks), ``addernet.experiments`` (what ``src/*.py`` run: training, sweeps, reports, benchmarks,
+export).
+"""
+
+from addernet.nn import Adder2d, adder2d, get_backend, set_backend
 from addernet import models  # noqa: E402  (addernet.models.create_model after a plain `import addernet`)
 
 __all__ = ["Adder2d", "adder2d", "get_backend", "set_backend", "models"]

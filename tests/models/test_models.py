@@ -122,3 +122,22 @@ def test_vgg_small_structure():
     cnn = create_model("vgg_small", num_classes=100)  # shapes (the adder twin runs in the test above)
     assert cnn.features(torch.randn(2, 3, 32, 32)).shape == (2, 512 * 4 * 4)
     assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+@pytest.mark.parametrize("name", ["adder_resnet20", "resnet20", "adder_vgg_small", "lenet5_bn"])
+def test_init_pytorch_leaves_convolutions_at_pytorchs_default_kaiming_draws_them(name):
+    torch.manual_seed(0)
+    ours = create_model(name)
+    torch.manual_seed(0)
+    authors = create_model(name, init="pytorch")
+    convs = [(n, m.weight) for n, m in authors.named_modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    for n, w in convs:  # PyTorch's default: uniform within 1/sqrt(fan_in)
+        assert w.abs().max() <= 1 / w[0].numel() ** 0.5
+    adders = {n: m.weight for n, m in ours.named_modules() if isinstance(m, Adder2d)}
+    assert all(torch.equal(adders[n], m.weight) for n, m in authors.named_modules() if isinstance(m, Adder2d))
+    if name == "adder_resnet20":  # the classifier, 64 -> 10: Kaiming's (fan-out) weights are ~6x larger
+        ratio = ours.fc.weight.std() / authors.fc.weight.std()
+        assert 4.5 < ratio < 8
+    with pytest.raises(ValueError, match="unknown init 'xavier'; choose one of kaiming, pytorch"):
+        create_model(name, init="xavier")

@@ -13,7 +13,7 @@ from torchvision import transforms as T
 
 from addernet.data.errors import DataError
 from addernet.data.resumable import evaluation_order
-from addernet.data.images import check_bad_image_policy, list_class_folders, list_images, load_rgb
+from addernet.data.images import check_bad_image_policy, list_class_folders, list_images, load_rgb, split_dir
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -63,13 +63,8 @@ class ImageNetSubsetDataModule(pl.LightningDataModule):
         self.datasets: dict[str, ImageFiles] = {}
 
     def _split_dir(self, split: str) -> Path:
-        path = self.root / split
-        if not path.is_dir():
-            problem = (f"data.root={self.root} is a file, not a directory" if self.root.is_file()
-                       else f"{path} is not a directory")
-            raise DataError(f"ImageNet subset: {problem}. Expected {self.root}/{self.train_split}/<class>/*.JPEG "
-                            f"and {self.root}/{self.val_split}/<class>/*.JPEG; set data.root=<dir>.")
-        return path
+        return split_dir(self.root, split, "ImageNet subset", f"{self.root}/{self.train_split}/<class>/*.JPEG and "
+                         f"{self.root}/{self.val_split}/<class>/*.JPEG")
 
     @property
     def classes(self) -> list[str]:

@@ -19,6 +19,15 @@ def check_bad_image_policy(policy: str) -> str:
     return policy
 
 
+def split_dir(root: Path, split: str, what: str, expected: str) -> Path:
+    """``root/split``, or a DataError saying what is there instead and what was ``expected``."""
+    path = root / split
+    if not path.is_dir():
+        problem = f"data.root={root} is a file, not a directory" if root.is_file() else f"{path} is not a directory"
+        raise DataError(f"{what}: {problem}. Expected {expected}; set data.root=<dir>.")
+    return path
+
+
 def list_class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 

@@ -51,9 +51,15 @@ class InMemoryDataModule(pl.LightningDataModule):
         self._resume: tuple[int, int] | None = None  # (epoch, batches trained) from a checkpoint, used once
         self.splits: dict[str, TensorDataset] | None = None
 
+    classes: tuple[str, ...]  # the class names, in label order
+
     @property
-    @abstractmethod
-    def num_classes(self) -> int: ...
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
 
     @abstractmethod
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,28 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
+def decode_images(files: list[Path], labels: list[int], decode: Callable[[Path], np.ndarray], bad_images: str,
+                  where: Path) -> tuple[list[np.ndarray], list[int]]:
+    """Decode image files in a few threads; with ``bad_images="skip"`` unreadable ones are left out (with their
+    labels) and counted in one warning."""
+    def decode_or_none(path: Path) -> np.ndarray | None:
+        try:
+            return decode(path)
+        except DataError:
+            return None
+
+    log.info(f"decoding {len(files)} images under {where} into memory (once per run)")
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes with the GIL released
+        arrays = list(pool.map(decode if bad_images == "error" else decode_or_none, files))
+    bad = [f for f, a in zip(files, arrays) if a is None]
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable images under {where} (data.bad_images=skip): "
+                      f"{', '.join(str(f) for f in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        labels = [label for label, a in zip(labels, arrays) if a is not None]
+        arrays = [a for a in arrays if a is not None]
+    return arrays, labels
+
+
 def read_class_folders(split_dir: Path, classes: list[str], bad_images: str,
                        shape: tuple[int, int, int], what: str
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,22 +72,7 @@ def read_class_folders(split_dir: Path, classes: list[str], bad_images: str,
         files += images
         labels += [label] * len(images)
     decode = load_gray_array if shape[2] == 1 else load_rgb_array
-
-    def decode_or_none(path: Path) -> np.ndarray | None:
-        try:
-            return decode(path)
-        except DataError:
-            return None
-
-    log.info(f"decoding {len(files)} images under {split_dir} into memory (once per run)")
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes with the GIL released
-        arrays = list(pool.map(decode if bad_images == "error" else decode_or_none, files))
-    bad = [f for f, a in zip(files, arrays) if a is None]
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable images under {split_dir} (data.bad_images=skip): "
-                      f"{', '.join(str(f) for f in bad[:5])}{' ...' if len(bad) > 5 else ''}")
-        labels = [label for label, a in zip(labels, arrays) if a is not None]
-        arrays = [a for a in arrays if a is not None]
+    arrays, labels = decode_images(files, labels, decode, bad_images, split_dir)
     shapes = {a.shape for a in arrays}
     if shapes != {shape}:
         raise DataError(f"{what} images must be {shape[0]}x{shape[1]}, found shapes {sorted(shapes)} under "
@@ -75,7 +83,6 @@ def read_class_folders(split_dir: Path, classes: list[str], bad_images: str,
 class OnDiskDataModule(InMemoryDataModule):
     name: str
     image_shape: tuple[int, int, int]  # (H, W, C)
-    classes: tuple[str, ...]
 
     def __init__(self, root: str = "data", download: bool = True, bad_images: str = "error", **kwargs):
         super().__init__(**kwargs)
@@ -98,14 +105,6 @@ class OnDiskDataModule(InMemoryDataModule):
         raise NotImplementedError
 
     # the common part
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.classes)
-
     def find_layout(self) -> str | None:
         """``"native"``, ``"folders"`` (train/<class>/, test/<class>/) or None."""
         if self.native_layout():

@@ -34,8 +34,8 @@ class SyntheticDataModule(InMemoryDataModule):
         self.mean = self.std = (0.5,) * channels
 
     @property
-    def num_classes(self) -> int:
-        return self._num_classes
+    def classes(self) -> tuple[str, ...]:
+        return tuple(str(i) for i in range(self._num_classes))
 
     def load(self):
         gen = torch.Generator().manual_seed(self.seed)

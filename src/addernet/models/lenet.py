@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from addernet.models.init import init_weights
 from addernet.models.resnet import LayerFactory
 
 
 class LeNet5BN(nn.Module):
-    def __init__(self, layer: LayerFactory, num_classes: int = 10, in_channels: int = 1):
+    def __init__(self, layer: LayerFactory, num_classes: int = 10, in_channels: int = 1, init: str = "kaiming"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -29,9 +30,7 @@ class LeNet5BN(nn.Module):
         self.fc, self.bn_logits = layer(84, num_classes, 1, 1, 0), nn.BatchNorm2d(num_classes)
         self.relu, self.max_pool = nn.ReLU(inplace=True), nn.MaxPool2d(2)
         self.feature_dim = 84
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self, init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.max_pool(self.relu(self.bn1(self.conv1(x))))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from addernet.layer import Adder2d
+from addernet.nn.layer import Adder2d
 
 ENERGY_PJ = {"mul": 3.7, "add": 0.9}  # 32-bit float multiply and add, 45 nm
 

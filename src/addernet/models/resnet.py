@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from addernet.layer import Adder2d
+from addernet.models.init import init_weights
+from addernet.nn.layer import Adder2d
 
 # (in_channels, out_channels, kernel_size, stride, padding) -> module
 LayerFactory = Callable[[int, int, int, int, int], nn.Module]
@@ -84,7 +85,7 @@ def _stem(kind: str, in_channels: int, width: int) -> nn.Sequential:
 
 class ResNet(nn.Module):
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int], widths: Sequence[int],
-                 stem: str, layer: LayerFactory, num_classes: int, in_channels: int = 3):
+                 stem: str, layer: LayerFactory, num_classes: int, in_channels: int = 3, init: str = "kaiming"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -102,16 +103,7 @@ class ResNet(nn.Module):
         self.fc = nn.Conv2d(in_ch, num_classes, 1, bias=False)
         self.bn_logits = nn.BatchNorm2d(num_classes)
         self.feature_dim = in_ch
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # adder layers keep their own N(0, 1) init
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (after global pooling), shape (N, feature_dim)."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from addernet.models.init import init_weights
 from addernet.models.resnet import LayerFactory
 
 WIDTHS = (128, 128, 256, 256, 512, 512)
 
 
 class VGGSmall(nn.Module):
-    def __init__(self, layer: LayerFactory, num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, layer: LayerFactory, num_classes: int = 10, in_channels: int = 3, init: str = "kaiming"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -32,9 +33,7 @@ class VGGSmall(nn.Module):
         self.feature_dim = WIDTHS[-1] * 4 * 4
         self.fc = nn.Conv2d(self.feature_dim, num_classes, 1, bias=False)
         self.bn_logits = nn.BatchNorm2d(num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self, init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.body(self.stem(x)).flatten(1))

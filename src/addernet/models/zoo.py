@@ -20,8 +20,10 @@ _ARCHS = {
 def _register(name: str, kind: str) -> None:
     block, depths, widths, stem, default_classes = _ARCHS[name]
 
-    def build(num_classes: int = default_classes, in_channels: int = 3, **layer_options) -> ResNet:
-        return ResNet(block, depths, widths, stem, layer_factory(kind, **layer_options), num_classes, in_channels)
+    def build(num_classes: int = default_classes, in_channels: int = 3, init: str = "kaiming",
+              **layer_options) -> ResNet:
+        return ResNet(block, depths, widths, stem, layer_factory(kind, **layer_options), num_classes, in_channels,
+                      init)
 
     build.__doc__ = f"{name} ({'adder body' if kind == 'adder' else 'CNN'}), {default_classes} classes by default"
     register_model(("adder_" if kind == "adder" else "") + name)(build)
@@ -33,8 +35,8 @@ for _name in _ARCHS:
 
 
 def _register_plain(name: str, cls, in_channels: int, kind: str, about: str) -> None:
-    def build(num_classes: int = 10, in_channels: int = in_channels, **layer_options):
-        return cls(layer_factory(kind, **layer_options), num_classes, in_channels)
+    def build(num_classes: int = 10, in_channels: int = in_channels, init: str = "kaiming", **layer_options):
+        return cls(layer_factory(kind, **layer_options), num_classes, in_channels, init)
 
     build.__doc__ = f"{name} ({'adder network' if kind == 'adder' else 'CNN'}), {about}"
     register_model(("adder_" if kind == "adder" else "") + name)(build)

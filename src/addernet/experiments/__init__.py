@@ -1,0 +1,2 @@
+"""What the entry points in ``src/`` call: training and evaluation runs (``run``), sweeps and their reports,
+benchmarks, and export/prediction of deployed models (``deploy``)."""

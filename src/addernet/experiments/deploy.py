@@ -1,0 +1,110 @@
+"""Deployment runs: export a checkpoint as a quantised file, and classify image files with such a file.
+
+What ``src/export.py`` and ``src/predict.py`` call; ``src/eval.py`` evaluates exported files too
+(:func:`addernet.experiments.run.evaluate` recognises them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from addernet.nn import quantized
+from addernet.errors import ConfigError
+from addernet.nn.kernels import int8
+from addernet.experiments.run import use_threads
+from addernet.training.classifier import load_checkpoint_model
+
+log = logging.getLogger(__name__)
+QUANTIZATIONS = ("int8",)
+
+
+def checkpoint_data(config: dict, cfg: DictConfig):
+    """The data module the checkpoint was trained on (``data_root=`` where its files are now)."""
+    data = dict(config["data"], batch_size=int(cfg.batch_size))
+    if "download" in data:
+        data["download"] = False  # the training data was there; where it is not, say so rather than fetch
+    if cfg.get("data_root"):
+        data["root"] = str(cfg.data_root)
+    datamodule = instantiate(OmegaConf.create(data))
+    datamodule.setup()
+    return datamodule
+
+
+def _batches(datamodule, loader):
+    for batch in loader:
+        yield datamodule.on_after_batch_transfer(batch, 0)  # normalised, not augmented
+
+
+@torch.no_grad()
+def test_accuracy(model: torch.nn.Module, datamodule) -> tuple[float, int, float]:
+    """(top-1 accuracy, images, seconds) on the test split."""
+    correct = total = 0
+    start = time.perf_counter()
+    for x, y in _batches(datamodule, datamodule.test_dataloader()):
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return correct / total, total, time.perf_counter() - start
+
+
+def export(cfg: DictConfig) -> dict:
+    """Quantise ``cfg.ckpt_path`` and write it to ``cfg.out`` (default: beside it, ``<stem>.int8.pt``)."""
+    if cfg.quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize={cfg.quantize} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
+    use_threads(cfg)
+    module, config = load_checkpoint_model(cfg.ckpt_path)
+    net = module.net.eval()
+    if not quantized.adder_bn_pairs(net):
+        raise ConfigError(f"{cfg.ckpt_path} holds {config['model']['name']}, which has no adder layers: int8 export "
+                          f"is for adder networks")
+    out = Path(cfg.out).expanduser() if cfg.get("out") else Path(cfg.ckpt_path).expanduser().with_suffix(".int8.pt")
+    if out.exists() and not cfg.get("overwrite"):
+        raise ConfigError(f"{out} exists: pass out=<another file>, or overwrite=true to replace it")
+    datamodule = checkpoint_data(config, cfg)
+    images = int(cfg.calibration.images)
+    loader = datamodule.calibration_loader(max(1, -(-images // int(cfg.batch_size))))
+    params = quantized.calibrate(net, (x for x, _ in _batches(datamodule, loader)), float(cfg.calibration.percentile))
+    int8_net = quantized.quantize_model(net, params)
+    metadata = {"checkpoint": str(cfg.ckpt_path), "calibration_images": images,
+                "calibration_percentile": float(cfg.calibration.percentile), "torch": str(torch.__version__),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if cfg.get("evaluate", True):
+        float_acc, n, float_s = test_accuracy(net, datamodule)
+        int8_acc, _, int8_s = test_accuracy(int8_net, datamodule)
+        metadata.update(float_test_acc=float_acc, int8_test_acc=int8_acc, test_images=n)
+        log.info(f"test accuracy on {n} images: float {100 * float_acc:.2f}% ({n / float_s:.0f} img/s), int8 "
+                 f"{100 * int8_acc:.2f}% ({n / int8_s:.0f} img/s, kernel: {int8.instruction_set()})")
+    data_class = get_class(config["data"]["_target_"])
+    quantized.export(int8_net, out, model_name=config["model"]["name"], num_classes=module.num_classes,
+                     class_names=getattr(datamodule, "class_names", None),
+                     input_size=tuple(next(iter(datamodule.test_dataloader()))[0].shape[1:]),
+                     mean=data_class.mean, std=data_class.std, metadata=metadata)
+    log.info(f"wrote {out}")
+    return {k: v for k, v in metadata.items() if isinstance(v, (int, float))}
+
+
+@torch.no_grad()
+def predict(model_file: str, image_files: list[str], top: int = 1) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Classes (and probabilities) of image files, by an exported model; images are resized to its input."""
+    from PIL import Image
+
+    from addernet.data.images import load_rgb
+
+    model = quantized.load_exported(model_file)
+    _, height, width = model.info["input_size"]
+    names = model.info.get("class_names") or [str(i) for i in range(model.num_classes)]
+    results = []
+    for file in image_files:
+        image = load_rgb(Path(file))
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR)
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+        probs = model(model.normalize(pixels.permute(2, 0, 1)[None])).softmax(1)[0]
+        best = probs.topk(min(top, len(probs)))
+        results.append((file, [(names[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist())]))
+    return results

@@ -1,0 +1,270 @@
+"""Post-training int8 quantisation of adder networks, and the self-contained file that deploys them.
+
+Each adder layer gets one 8-bit affine quantisation (scale s, zero point z) shared by its input and its
+filters: the SAD instruction needs both operands on one grid, and then |x - w| = s * |qx - qw| exactly, the
+zero point cancelling. The range is the union of the filters' full range (min/max: a filter value is
+never clipped) and the input's central ``percentile`` range over calibration images (99.99% by default:
+post-ReLU activations have long tails, and clipping the rare largest ones buys resolution for all others).
+The AdderNet quantisation literature (Nie et al., NeurIPS 2022, "Redistribution of weights and activations
+for AdderNet quantization") observes exactly this conflict, weights and activations of very different
+ranges sharing one scale, and clips outliers of both; we clip the activations only and keep min/max for
+the weights, which the shared-scale kernel tolerates because adder filters live on the scale of their
+inputs (their L1 distance is what is learned). The BatchNorm after each adder layer is folded into the
+kernel's output map (a, b). The multiplicative stem and classifier, pooling, ReLUs and residual additions
+stay in float32: they hold under 1% of the operations of an adder ResNet-20.
+
+``python src/export.py ckpt_path=... quantize=int8`` writes :data:`FORMAT` files; :func:`load_exported` reads
+them back without the training code's config (the model is rebuilt from its registry name).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from addernet.errors import ConfigError
+from addernet.nn.kernels import int8
+from addernet.nn.layer import Adder2d
+from addernet.models import create_model
+
+FORMAT = "addernet-int8"
+VERSION = 1
+DEFAULT_PERCENTILE = 99.99
+
+
+class Int8Adder2d(nn.Module):
+    """An adder layer and the BatchNorm after it, run by the int8 SAD kernel (see :mod:`addernet.nn.kernels.int8`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
+                 scale: float = 1.0, zero_point: int = 0):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.scale, self.zero_point = float(scale), int(zero_point)
+        self.register_buffer("qweight", torch.zeros(out_channels, in_channels, kernel_size, kernel_size,
+                                                    dtype=torch.uint8))
+        self.register_buffer("a", torch.ones(out_channels))
+        self.register_buffer("b", torch.zeros(out_channels))
+        self._packed: torch.Tensor | None = None  # the kernel's layout of qweight, made on first use
+
+    @classmethod
+    def from_float(cls, adder: Adder2d, bn: nn.BatchNorm2d | None, scale: float, zero_point: int) -> Int8Adder2d:
+        if adder.groups != 1 or adder.dilation != (1, 1) or adder.kernel_size[0] != adder.kernel_size[1] or \
+                adder.stride[0] != adder.stride[1] or adder.padding[0] != adder.padding[1]:
+            raise ConfigError(f"int8 export supports square, ungrouped, undilated adder layers; got {adder}")
+        layer = cls(adder.in_channels, adder.out_channels, adder.kernel_size[0], adder.stride[0], adder.padding[0],
+                    scale, zero_point)
+        # Filter values outside the grid [lo, hi] are clipped to its edge, exactly: for an input x on the grid
+        # and w < lo, |x - w| = |x - lo| + (lo - w) (likewise above hi), so the clipped amount is a constant
+        # per output channel, moved into the bias. Adder filters range far wider than their inputs (here up
+        # to 47 against inputs under 5); without this one grid for both would be 10x coarser for the inputs.
+        lo, hi = -zero_point * scale, (255 - zero_point) * scale
+        w = adder.weight.detach().float()
+        clipped = w.clamp(lo, hi)
+        layer.qweight.copy_(int8.quantize(clipped, scale, zero_point))
+        a = torch.full((adder.out_channels,), -scale)  # y = -s * sum |qx - qw| - (what clipping removed) + bias
+        b = adder.bias.detach().clone() if adder.bias is not None else torch.zeros(adder.out_channels)
+        b = b - (w - clipped).abs().sum((1, 2, 3))
+        if bn is not None:  # BatchNorm in eval mode: gamma * (y - mean) / sqrt(var + eps) + beta
+            factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            a, b = a * factor, (b - bn.running_mean) * factor + bn.bias.detach()
+        layer.a.copy_(a)
+        layer.b.copy_(b)
+        return layer
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        """The layer and its BatchNorm; ``residual`` added and ``relu`` applied in the same pass."""
+        if self._packed is None and int8.extension_available():
+            self._packed = int8.pack_filters(self.qweight)
+        return int8.sad_forward(x, self.scale, self.zero_point, self.qweight, self.stride, self.padding, self.a,
+                                self.b, self._packed, residual, relu)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._packed = None  # new filters: pack again
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, scale={self.scale:.4g}, zero_point={self.zero_point}")
+
+
+class Int8ResidualBlock(nn.Module):
+    """A ResNet block (basic or bottleneck) whose layers all run in int8: each layer's BatchNorm is folded in,
+    the ReLUs and the residual addition happen in the kernel's output pass. Same attribute names as the float
+    block, so the state dict reads the same."""
+
+    def __init__(self, layers: list[Int8Adder2d], downsample: nn.Module | None):
+        super().__init__()
+        self.depth = len(layers)
+        for i, layer in enumerate(layers, 1):
+            setattr(self, f"conv{i}", layer)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x
+        for i in range(1, self.depth):
+            out = getattr(self, f"conv{i}")(out, relu=True)
+        return getattr(self, f"conv{self.depth}")(out, residual=identity, relu=True)
+
+
+def fuse_blocks(model: nn.Module) -> nn.Module:
+    """Replace every ResNet block whose layers are all int8 by an :class:`Int8ResidualBlock`."""
+    from addernet.models import BasicBlock, Bottleneck
+
+    for parent in list(model.modules()):
+        for name, block in list(parent._modules.items()):
+            if not isinstance(block, (BasicBlock, Bottleneck)):
+                continue
+            layers = [getattr(block, f"conv{i}") for i in range(1, 4) if hasattr(block, f"conv{i}")]
+            if all(isinstance(layer, Int8Adder2d) for layer in layers):
+                parent._modules[name] = Int8ResidualBlock(layers, block.downsample)
+    return model
+
+
+def adder_bn_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str | None]]:
+    """(parent, adder attribute, BatchNorm attribute or None) for every adder layer: the BatchNorm registered
+    right after it in the same parent (how the ResNets, and nn.Sequential, are written)."""
+    pairs = []
+    for parent in model.modules():
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            if isinstance(parent._modules[name], Adder2d):
+                nxt = names[i + 1] if i + 1 < len(names) else None
+                bn = nxt if nxt is not None and isinstance(parent._modules[nxt], nn.BatchNorm2d) else None
+                pairs.append((parent, name, bn))
+    return pairs
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches, percentile: float = DEFAULT_PERCENTILE,
+              samples_per_layer: int = 2_000_000) -> dict[str, tuple[float, int]]:
+    """(scale, zero point) of every adder layer: its inputs' central ``percentile`` range on ``batches`` (float
+    tensors), with 0; filter values outside it are clipped exactly (see :meth:`Int8Adder2d.from_float`)."""
+    if not 50 < percentile <= 100:
+        raise ConfigError(f"calibration percentile must be in (50, 100], got {percentile}")
+    adders = {name: m for name, m in model.named_modules() if isinstance(m, Adder2d)}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in adders}
+    generator = torch.Generator().manual_seed(0)
+
+    def keep(name):
+        def hook(module, args):
+            values = args[0].detach().flatten().float()
+            take = min(values.numel(), samples_per_layer // 8)
+            seen[name].append(values[torch.randint(values.numel(), (take,), generator=generator)])
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep(name)) for name, m in adders.items()]
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    params = {}
+    for name, adder in adders.items():
+        if not seen[name]:
+            raise ConfigError("calibration saw no images: pass at least one batch")
+        x = torch.cat(seen[name])[:samples_per_layer]
+        q = torch.tensor([(100 - percentile) / 100, percentile / 100])
+        x_lo, x_hi = torch.quantile(x, q).tolist()
+        lo, hi = min(x_lo, 0.0), max(x_hi, 0.0)  # 0 (padding) is on the grid; filters are clipped exactly
+        scale = (hi - lo) / 255 if hi > lo else 1.0
+        params[name] = (scale, int(min(255, max(0, round(-lo / scale)))))
+    return params
+
+
+def quantize_model(model: nn.Module, params: dict[str, tuple[float, int]]) -> nn.Module:
+    """A copy of ``model`` whose adder layers (with their BatchNorm) run in int8; the rest stays float."""
+    quantized = copy.deepcopy(model).eval()
+    names = {id(m): name for name, m in quantized.named_modules()}
+    for parent, adder_name, bn_name in adder_bn_pairs(quantized):
+        adder = parent._modules[adder_name]
+        bn = parent._modules[bn_name] if bn_name else None
+        scale, zero_point = params[names[id(adder)]]
+        parent._modules[adder_name] = Int8Adder2d.from_float(adder, bn, scale, zero_point)
+        if bn_name:
+            parent._modules[bn_name] = nn.Identity()
+    return fuse_blocks(quantized).to(memory_format=torch.channels_last)
+
+
+def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.Module:
+    """The float model's structure with every quantised adder layer (and its BatchNorm) replaced, unfilled."""
+    net = create_model(model_name, num_classes=num_classes).eval()
+    names = {id(m): name for name, m in net.named_modules()}
+    for parent, adder_name, bn_name in adder_bn_pairs(net):
+        meta = layers[names[id(parent._modules[adder_name])]]
+        parent._modules[adder_name] = Int8Adder2d(**meta)
+        if bn_name:
+            parent._modules[bn_name] = nn.Identity()
+    return fuse_blocks(net).to(memory_format=torch.channels_last)
+
+
+def export(quantized: nn.Module, path: Path, *, model_name: str, num_classes: int, class_names: list[str] | None,
+           input_size: tuple[int, int, int], mean, std, metadata: dict) -> None:
+    """Write the quantised model as one file (tensors and plain values only: ``torch.load(weights_only=True)``)."""
+    layers = {name: {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
+                     "stride": m.stride, "padding": m.padding, "scale": m.scale, "zero_point": m.zero_point}
+              for name, m in quantized.named_modules() if isinstance(m, Int8Adder2d)}
+    payload = {"format": FORMAT, "version": VERSION, "model": model_name, "num_classes": num_classes,
+               "class_names": list(class_names) if class_names else None, "input_size": list(input_size),
+               "mean": [float(v) for v in mean], "std": [float(v) for v in std], "layers": layers,
+               "state_dict": quantized.state_dict(), "metadata": metadata}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+class DeployedModel(nn.Module):
+    """An exported model with what inference needs: normalisation, class names, input size."""
+
+    def __init__(self, net: nn.Module, info: dict):
+        super().__init__()
+        self.net, self.info = net, info
+        self.num_classes = info["num_classes"]
+        self.register_buffer("mean", torch.tensor(info["mean"]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(info["std"]).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images (as the data modules serve them)."""
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) images -> the network's input."""
+        return (images.float() / 255 - self.mean) / self.std
+
+
+def load_exported(path: str | Path) -> DeployedModel:
+    """Read a file written by :func:`export`; a clear ``ConfigError`` for anything else."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (write one with python src/export.py ckpt_path=... quantize=int8)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (truncated or corrupted files raise many kinds)
+        raise ConfigError(f"{path} cannot be read as an exported model ({type(err).__name__}: "
+                          f"{str(err)[:200]}): the file is damaged or is not an export; export it again") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not an {FORMAT} export (a training checkpoint? evaluate those with "
+                          f"ckpt_path=, or export them with src/export.py)")
+    if payload.get("version") != VERSION:
+        raise ConfigError(f"{path} is {FORMAT} version {payload.get('version')}, this code reads version "
+                          f"{VERSION}: export the checkpoint again with this version")
+    net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
+    net.load_state_dict(payload["state_dict"])
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return DeployedModel(net, info).eval()
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` looks like an export (by its first bytes there is no telling; by name and content)."""
+    try:
+        payload = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT

@@ -1,0 +1,57 @@
+import json
+
+import torch
+
+from addernet.experiments import benchmark
+from hydra_helpers import run_script
+
+TINY_LAYER = [("tiny 3x3", 4, 8, 6, 3, 1, 1)]
+
+
+def test_layer_measurements_and_table():
+    cpu = torch.device("cpu")
+    results = benchmark.bench_layers(TINY_LAYER, 2, ["cpu", "reference"], cpu, torch.float32, 1, 2, backward=True)
+    assert [r.method for r in results] == ["adder/cpu", "adder/reference", "conv2d"]
+    elements = benchmark.layer_elements(2, 4, 8, 6, 3, 1, 1)
+    assert all(r.seconds > 0 and abs(r.per_second * r.seconds - elements) < 1e-6 * elements for r in results)
+    table = benchmark.markdown(results, "elements/s", "conv2d").splitlines()
+    assert len(table) == 5 and table[-1].split("|")[5].strip() == "1.00x"
+
+
+def test_model_throughput_pairs_adder_with_its_cnn_twin():
+    results = benchmark.bench_model("resnet20", ["cpu"], 2, 16, torch.device("cpu"), torch.float32, 1, 1,
+                                    train=True)
+    assert [r.what for r in results] == ["adder_resnet20 train bs2", "resnet20 train bs2"]
+    table = benchmark.markdown(results, "img/s", "cnn")
+    ratio = results[0].per_second / results[1].per_second
+    assert f"{ratio:.2f}x" in table
+
+
+def test_bench_command_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench.py", "--shapes", "resnet20", "--skip-models", "--batch-size", "2", "--backends",
+                        "cpu", "--warmup", "1", "--repeats", "1", "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert len(report["tables"]) == 2 and "| resnet20 stage1 3x3 | adder/cpu |" in result.stdout
+
+
+def test_bench_covers_several_model_batch_sizes_with_set_threads(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench.py", "--skip-layers", "--batch-size", "2", "3", "--threads", "1", "--warmup", "0",
+                        "--repeats", "1", "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ", 1 CPU threads," in result.stdout
+    titles = list(json.loads(out.read_text())["tables"])
+    assert titles == [f"resnet20 whole model, batch {b}, {kind}" for b in (2, 3)
+                      for kind in ("training step", "inference")]
+
+
+def test_int8_tables_compare_four_ways_side_by_side():
+    results = benchmark.bench_int8_inference("resnet20", 2, 0, 1)
+    methods = [r.method for r in results]
+    assert methods[0].startswith("adder int8 (") and methods[1:3] == ["adder fp32", "cnn fp32 (channels last)"]
+    assert methods[3].startswith("cnn int8 (")
+    layers = benchmark.bench_int8_layers(benchmark.RESNET20_LAYERS[:1], 2, 0, 1)
+    assert [r.method.split(" (")[0] for r in layers] == ["adder int8", "conv2d fp32"]
+    assert all(r.per_second > 0 for r in results + layers)

@@ -1,0 +1,79 @@
+"""What a user meets at the command line: every documented choice runs, mistakes are one line, outputs exist."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from addernet.experiments.run import train, write_metrics
+from hydra_helpers import CONF, ROOT, compose_config, run_script
+
+TINY = ["trainer=cpu", "run_name=test", "data=synthetic", "data.train_size=64", "data.test_size=32",
+        "data.image_size=8", "data.batch_size=16", "trainer.max_epochs=1"]
+
+
+@pytest.mark.parametrize("choice", ["logger=none", "logger=csv", "debug=overfit", "debug=limit"])
+def test_documented_choices_run(choice, tmp_path):
+    extra = ["trainer.max_epochs=3"] if choice == "debug=overfit" else []  # 30 epochs of one batch is slow
+    metrics = train(compose_config(TINY + ["logger=csv", choice] + extra, tmp_path))
+    assert 0 <= metrics["test/acc"] <= 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_epochs=abc", "trainer.max_epochs must be an integer, got 'abc'"),
+    ("ckpt_path=/nonexistent.ckpt", "ckpt_path=/nonexistent.ckpt: no such file"),
+    pytest.param("trainer=gpu", "PyTorch sees no CUDA GPU on this machine: use trainer=cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
+    ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+    ("threads=0", "threads must be a positive integer or auto, got 0"),
+])
+def test_a_mistake_is_one_line_with_status_2(override, message, tmp_path):
+    result = run_script("train.py", *TINY, "logger=csv", override, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "_target_" not in output  # no traceback, no config dump
+
+
+def test_the_traceback_is_there_when_asked_for(tmp_path):
+    import os
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        result = run_script("train.py", *TINY, "logger=csv", "threads=0", cwd=tmp_path, timeout=120)
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_experiments_run_where_the_user_is():
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg = compose_config([f"experiment={path.stem}"])
+        assert cfg.trainer.accelerator == "auto", path.name  # trainer=gpu is the user's explicit choice
+
+
+def test_metrics_file_puts_the_headline_numbers_first(tmp_path):
+    write_metrics(tmp_path / "m.json", {"adder/a/grad_norm": 1.0, "epochs": 2, "test/acc": 0.5, "val/acc": 0.4,
+                                        "perf/img_per_s": 10.0, "train/loss": 1.0, "fit_seconds": 3.0})
+    keys = list(json.loads((tmp_path / "m.json").read_text()))
+    assert keys == ["test/acc", "val/acc", "train/loss", "fit_seconds", "epochs", "perf/img_per_s",
+                    "adder/a/grad_norm"]
+
+
+def test_the_readme_python_snippet_runs():
+    readme = (ROOT / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert snippets
+    for code in snippets:
+        exec(compile(code, "README.md", "exec"), {})
+
+
+def test_the_readme_lists_every_choice_of_every_group():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| group | choices |"):]
+    table = table[:table.index("\n\n")]
+    for group in ("model", "data", "trainer", "adalr", "logger", "debug", "experiment", "sweep"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{group}`"))
+        for choice in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+            assert f"`{choice}`" in row, f"{group}={choice} is missing from the README's table"

@@ -1,0 +1,75 @@
+"""The int8 SAD kernel against an integer brute force, on every instruction set this CPU has."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from addernet.nn.kernels import int8
+
+# (batch, in, out, size, kernel, stride, padding): stride, padding, 1x1 and 3x3, odd channel counts, batch 1,
+# rows longer than one vector (64 * 3 = 192 bytes) and shorter, filter counts that leave remainders
+CASES = [(2, 16, 16, 8, 3, 1, 1), (1, 3, 5, 7, 3, 2, 1), (2, 33, 7, 6, 1, 1, 0), (1, 64, 64, 5, 3, 1, 1),
+         (3, 5, 9, 9, 3, 2, 0), (1, 70, 6, 4, 3, 1, 1), (2, 32, 64, 8, 1, 2, 0)]
+
+
+def brute_force(qx: np.ndarray, qw: np.ndarray, stride: int, padding: int, zero_point: int) -> np.ndarray:
+    qx = np.pad(qx.astype(np.int64), ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2), constant_values=zero_point)
+    qw = qw.astype(np.int64)
+    o, _, k, _ = qw.shape
+    ho, wo = (qx.shape[2] - k) // stride + 1, (qx.shape[3] - k) // stride + 1
+    out = np.zeros((qx.shape[0], o, ho, wo), np.int64)
+    for i in range(ho):
+        for j in range(wo):
+            window = qx[:, None, :, i * stride:i * stride + k, j * stride:j * stride + k]
+            out[:, :, i, j] = np.abs(window - qw[None]).sum((2, 3, 4))
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_kernel_is_exact(case):
+    n, c, o, size, k, s, p = case
+    torch.manual_seed(sum(case))
+    x, w = torch.randn(n, c, size, size) * 2, torch.randn(o, c, k, k)
+    scale, zero_point = 8 / 255, 117
+    qw = int8.quantize(w, scale, zero_point)
+    expected = brute_force(int8.quantize(x, scale, zero_point).numpy(), qw.numpy(), s, p, zero_point)
+    a, b = torch.linspace(-1, 1, o), torch.linspace(0, 3, o)
+    y = int8.sad_forward(x, scale, zero_point, qw, s, p, a, b)
+    torch.testing.assert_close(y, a.view(1, -1, 1, 1) * torch.from_numpy(expected).float() + b.view(1, -1, 1, 1),
+                               rtol=0, atol=0)
+    reference = int8.sad_forward_reference(x, scale, zero_point, qw, s, p, a, b)
+    torch.testing.assert_close(reference, y, rtol=0, atol=0)
+    # the fused ending of a residual block: + residual, then ReLU, in the same pass
+    residual = torch.randn_like(y)
+    fused = int8.sad_forward(x, scale, zero_point, qw, s, p, a, b, residual=residual, relu=True)
+    torch.testing.assert_close(fused, (y + residual).relu(), rtol=0, atol=0)
+
+
+def test_quantization_rounds_and_clamps_as_the_kernel_does():
+    x = torch.tensor([-10.0, 0.0, 0.5, 1.5, 2.5, 1e6]) * 0.25  # exact in binary: the halves stay halves
+    assert int8.quantize(x, 0.25, 3).tolist() == [0, 3, 4, 4, 6, 255]  # 3.5 -> 4, 4.5 -> 4, 5.5 -> 6; clamped
+    for value, level in ((0.125, 4), (0.375, 4), (0.625, 6)):  # the same halves through the kernel
+        y = int8.sad_forward(torch.full((1, 1, 1, 1), value), 0.25, 3, torch.zeros(1, 1, 1, 1, dtype=torch.uint8),
+                             1, 0, torch.ones(1), torch.zeros(1))
+        assert y.item() == level
+
+
+@pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_slower_instruction_sets_give_the_same_sums(isa):
+    """The kernel picks its instructions once per process, so each path runs in a process of its own."""
+    code = ("import torch; from addernet.nn.kernels import int8; torch.manual_seed(0); "
+            "x = torch.randn(2, 40, 6, 6); w = int8.quantize(torch.randn(9, 40, 3, 3), 0.05, 128); "
+            "a, b = torch.ones(9), torch.zeros(9); "
+            "y = int8.sad_forward(x, 0.05, 128, w, 1, 1, a, b); "
+            "r = int8.sad_forward_reference(x, 0.05, 128, w, 1, 1, a, b); "
+            "print(int8.instruction_set(), bool(torch.equal(y, r)))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ADDERNET_SAD_ISA": isa},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    chosen, equal = out.stdout.split()
+    assert equal == "True" and chosen in (isa, "portable")  # portable where the CPU lacks AVX2

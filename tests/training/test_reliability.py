@@ -1,0 +1,201 @@
+import signal
+import warnings
+
+import pytest
+import torch
+
+from addernet.training.reliability import Interrupted, NonFiniteError
+from addernet.experiments.report import CURVES_FILE, read_curves
+from addernet.experiments.run import train
+from hydra_helpers import compose_config
+from reliability_helpers import weights
+
+# 6 batches an epoch, 2 epochs; random crops and flips on, so the RNG state matters too
+BASE = ["trainer=cpu", "logger=csv", "run_name=test", "data=synthetic", "data.image_size=8", "data.train_size=96",
+        "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=2", "trainer.deterministic=true"]
+
+
+def interrupt_at(step: int, signum: int) -> list[str]:
+    return ["+callbacks.interrupt._target_=reliability_helpers.SignalAtStep", f"+callbacks.interrupt.step={step}",
+            f"+callbacks.interrupt.signum={signum}"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(signum, tmp_path):
+    whole = train(compose_config(BASE, tmp_path / "whole"))
+    run = tmp_path / "interrupted"
+    with pytest.raises(Interrupted) as stop:
+        train(compose_config(BASE + interrupt_at(8, int(signum)), run))  # epoch 2, batch 3 of 6
+    assert stop.value.code == 128 + int(signum)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 8 and saved["epoch"] == 1
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        resumed = train(compose_config(BASE + ["ckpt_path=last"], run))
+    assert not [w for w in seen if "not resumable" in str(w.message)]  # it is resumable: no false alarm
+    final_whole, final_resumed = weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), weights(
+        run / "checkpoints" / "last.ckpt")
+    for key, value in final_whole.items():
+        torch.testing.assert_close(final_resumed[key], value, rtol=0, atol=0, msg=key)
+    for key in ("val/acc", "val/acc_best", "test/acc", "train/loss_epoch", "train/acc"):
+        assert resumed[key] == whole[key], key
+    # the history survives the resume: both epochs' curves, as in the uninterrupted run
+    assert read_curves(run / CURVES_FILE)["val/acc"] == read_curves(tmp_path / "whole" / CURVES_FILE)["val/acc"]
+    seconds = [v for _, v in read_curves(run / CURVES_FILE)["perf/epoch_seconds"]]
+    assert len(seconds) == 2 and all(0 < v < 600 for v in seconds)  # not the time since the machine booted
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    from addernet.training.reliability import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def crash_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+POISON = ["+callbacks.poison._target_=reliability_helpers.PoisonGradientAtStep", "+callbacks.poison.step=3"]
+
+
+def test_non_finite_gradient_stops_naming_step_and_layer(tmp_path):
+    with pytest.raises(NonFiniteError, match=r"at step 3 .*gradient of net\.stages\.1\.0\.conv2\.weight"):
+        train(compose_config(BASE + POISON, tmp_path))
+
+
+def test_non_finite_gradient_can_be_skipped_and_counted(tmp_path):
+    metrics = train(compose_config(BASE + POISON + ["nonfinite=skip"], tmp_path))
+    assert metrics["epochs"] == 2 and all(torch.isfinite(v).all() for v in weights(
+        tmp_path / "checkpoints" / "last.ckpt").values() if v.is_floating_point())
+    assert "nonfinite/skipped_steps" in (tmp_path / "csv" / "metrics.csv").read_text()
+
+
+def test_corrupt_images_are_refused_or_skipped_by_config(tmp_path):
+    from addernet.data import CIFAR10DataModule, DataError
+    from data_files import write_image_folders
+
+    write_image_folders(tmp_path, {"train": 7, "test": 1}, ext=".png")  # includes grayscale, palette, RGBA
+    broken = tmp_path / "train" / "cat" / "0001.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    with pytest.raises(DataError, match=r"cannot read image .*cat/0001\.png.*data\.bad_images=skip"):
+        CIFAR10DataModule(root=str(tmp_path), download=False).setup()
+    dm = CIFAR10DataModule(root=str(tmp_path), download=False, bad_images="skip")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable images"):
+        dm.setup()
+    x, y = dm.splits["train"].tensors
+    assert x.shape == (69, 3, 32, 32) and (y == 3).sum() == 6  # the cat folder lost one image
+    assert broken.is_file()  # nothing of the user's is deleted
+
+
+def test_imagenet_subset_skips_an_unreadable_file_when_asked(tmp_path):
+    from addernet.data import DataError, ImageNetSubsetDataModule
+    from data_files import write_image_folders
+
+    write_image_folders(tmp_path, {"train": 2, "val": 1}, classes=("n01", "n02"), size=(40, 40), ext=".JPEG")
+    (tmp_path / "train" / "n01" / "0000.JPEG").write_bytes(b"not a jpeg")
+    strict = ImageNetSubsetDataModule(root=str(tmp_path), num_classes=2, image_size=32, num_workers=0)
+    strict.setup()
+    with pytest.raises(DataError, match="0000.JPEG"):
+        strict.datasets["train"][0]
+    lenient = ImageNetSubsetDataModule(root=str(tmp_path), num_classes=2, image_size=32, num_workers=0,
+                                       bad_images="skip")
+    lenient.setup()
+    with pytest.warns(UserWarning, match="skipped unreadable image"):
+        image, label = lenient.datasets["train"][0]
+    assert image.shape == (3, 32, 32) and lenient.datasets["train"].skipped == 1
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    from addernet.data import CIFAR10DataModule, DataError
+    from data_files import write_image_folders
+
+    write_image_folders(tmp_path, {"train": 1, "test": 1})
+    for f in (tmp_path / "test" / "dog").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match=r"test/dog holds no images"):
+        CIFAR10DataModule(root=str(tmp_path), download=False).setup()
+
+
+def test_resuming_from_another_models_checkpoint_is_refused(tmp_path):
+    train(compose_config(BASE + ["model=resnet20", "trainer.max_epochs=1"], tmp_path / "cnn"))
+    ckpt = tmp_path / "cnn" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="holds a resnet20 but model=adder_resnet20"):
+        train(compose_config(BASE + [f"ckpt_path={ckpt}"], tmp_path / "adder"))
+
+
+def test_eval_refuses_foreign_checkpoints_and_mismatched_classes(tmp_path):
+    from addernet.experiments.run import evaluate
+
+    train(compose_config(BASE + ["trainer.max_epochs=1"], tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    with pytest.raises(ValueError, match="has 10 classes but data=.* has 4"):
+        evaluate(compose_config([f"ckpt_path={ckpt}", "trainer=cpu", "data=synthetic", "data.num_classes=4",
+                                 "data.image_size=8"], tmp_path / "eval", name="eval"))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="was not written by addernet's train.py"):
+        evaluate(compose_config([f"ckpt_path={foreign}", "trainer=cpu", "data=synthetic"], tmp_path / "e2",
+                                name="eval"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=abc", "data.batch_size must be an integer, got 'abc'"),
+    ("optimizer.lr=fast", "optimizer.lr must be a number, got 'fast'"),
+])
+def test_overrides_of_the_wrong_type_are_named(override, message, tmp_path):
+    with pytest.raises(TypeError, match=message):
+        train(compose_config(BASE + [override], tmp_path))
+
+
+def test_a_failing_job_does_not_stop_its_sweep(tmp_path):
+    from hydra_helpers import run_script
+
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "debug=fdr", *BASE[:2], *BASE[3:8], "data.batch_size=16,0",
+                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "failed.json").is_file()
+    report = (sweep / "report.md").read_text()
+    assert "| data.batch_size=0 | 0 (1 failed) |" in report
+    assert "data.batch_size must be a positive integer, got 0" in report
+    assert "job failed" in result.stderr + result.stdout
+
+
+def test_slurm_launcher_composes_and_the_local_submitit_launcher_runs_a_sweep(tmp_path):
+    from hydra_helpers import run_script
+
+    cfg = compose_config(["hydra/launcher=slurm"], tmp_path)
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 10
+    assert cfg.trainer is not None
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "debug=fdr", *BASE[:2], *BASE[3:8],
+                        "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "metrics.json").is_file()
+
+
+def test_ckpt_path_last_starts_fresh_when_there_is_no_checkpoint_yet(tmp_path, caplog):
+    """The first attempt of a requeued cluster job has nothing to resume from; a user who forgot
+    hydra.run.dir is told so."""
+    metrics = train(compose_config(BASE + ["ckpt_path=last", "trainer.max_epochs=1"], tmp_path))
+    assert metrics["epochs"] == 1 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "so this is a new run. To resume a run, also pass hydra.run.dir=" in caplog.text
+
+
+def test_a_new_run_in_a_used_directory_keeps_the_old_metrics(tmp_path):
+    train(compose_config(BASE + ["trainer.max_epochs=1"], tmp_path))
+    first = (tmp_path / CURVES_FILE).read_text()
+    train(compose_config(BASE + ["trainer.max_epochs=1"], tmp_path))
+    kept = list((tmp_path / "csv").glob("metrics.before-*.csv"))
+    assert len(kept) == 1 and kept[0].read_text() == first
