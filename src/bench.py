@@ -3,6 +3,11 @@
 Prints per-layer tables (forward, forward+backward: time, elements per second, peak memory) for ResNet-20 and
 ResNet-18 layer shapes, then whole-model ResNet-20 training and inference throughput, adder vs CNN twin,
 all measured side by side in one run.
+
+``--int8``: the int8 adder CPU kernels against PyTorch's CNNs. ``--aot``: no GPU needed: compile every Triton
+kernel x autotune config x adder layer of every registered model for sm_90 and sm_80 and report registers,
+spills, shared memory, grids against CUDA's limits and the inner loops' instruction mix (exit status 1 if any
+kernel fails to compile, spills or exceeds a grid limit).
 """
 
 import argparse
@@ -11,6 +16,8 @@ import json
 import torch
 
 from addernet.experiments import benchmark
+from addernet.models import is_adder_model, list_models
+from addernet.nn.kernels import aot
 from addernet.nn.kernels import BACKENDS, choose
 from addernet.system import device_name
 
@@ -37,7 +44,17 @@ def main() -> None:
                         help="CPU int8 inference instead: ResNet-20 at batch 1 and 64 with 1 and 2 threads, int8 "
                              "adder (SAD kernel) vs fp32 adder, fp32 CNN and PyTorch's int8 CNN; and the int8 layers")
     parser.add_argument("--json", help="write all measurements to this file")
+    parser.add_argument("--aot", action="store_true", help="compile the Triton kernels ahead of time (no GPU)")
+    parser.add_argument("--aot-models", nargs="+", help="models whose adder layers to compile (default: all; a wide "
+                        "depthwise layer is always added)")
+    parser.add_argument("--aot-dtypes", nargs="+", default=list(aot.DTYPES), choices=list(aot.DTYPES))
+    parser.add_argument("--aot-archs", nargs="+", default=list(aot.ARCHS), choices=list(aot.ARCHS))
+    parser.add_argument("--aot-batch", type=int, default=256, help="batch of the layer shapes (grids)")
+    parser.add_argument("--aot-details", help="write one row per kernel x config x layer x dtype x arch to this "
+                        "markdown file")
     args = parser.parse_args()
+    if args.aot:
+        raise SystemExit(aot_check(args))
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     fast = choose("auto", device)
@@ -91,6 +108,32 @@ def int8_sections(args) -> list:
                          f"reduction terms/s", "elements/s", "conv2d",
                          benchmark.bench_int8_layers(benchmark.RESNET20_LAYERS, 64, args.warmup, args.repeats)))
     return sections
+
+
+def aot_check(args) -> int:
+    try:
+        models = args.aot_models or [m for m in list_models() if is_adder_model(m)]
+        layers = [layer for m in models for layer in aot.model_layers(m, args.aot_batch)]
+        layers.append(aot.depthwise_layer(args.aot_batch))  # the case that needs most programs on one axis
+        print(f"# Triton kernels compiled ahead of time: {len(layers)} adder layers ({', '.join(models)}, "
+              f"{layers[-1].label}), "
+              f"{', '.join(args.aot_dtypes)}, {', '.join(args.aot_archs)}, batch {args.aot_batch}\n", flush=True)
+        results = aot.check(layers, args.aot_dtypes, args.aot_archs)
+    except aot.AOTUnavailable as err:
+        print(f"error: {err}")
+        return 2
+    print(aot.summary(results))
+    problems = [r for r in results if r.problems]
+    for r in problems:
+        print(f"problem: {r.kernel} {r.config} on {r.layer} ({r.dtype}, {r.arch}): {'; '.join(r.problems)}")
+    print(f"\n{len(results)} kernel x config x layer x dtype x arch combinations, {len(problems)} with problems")
+    if args.aot_details:
+        with open(args.aot_details, "w") as f:
+            f.write(aot.markdown(results) + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.as_dict() for r in results], f, indent=1, default=str)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ def compose_config(overrides: list[str], output_dir: Path | None = None, name: s
     return cfg
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``src/<script>`` in a subprocess with ``cwd`` as working directory (logs and data go there)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "LOG_DIR": str(cwd / "logs")}
+def run_script(script: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """Run ``src/<script>`` in a subprocess with ``cwd`` as working directory (logs and data go there), in this
+    process's environment or ``env``."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline",
+           "LOG_DIR": str(cwd / "logs")}
     return subprocess.run([sys.executable, str(ROOT / "src" / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
