@@ -45,8 +45,8 @@ def _configs(tiles):
 # registered model's layers with at least 80% floating-point instructions in the inner loop (see
 # docs/benchmarks/kernels-aot.md); BLOCK_A is a multiple of 32 x warps, so each thread owns whole rows.
 _FORWARD_TILES = [(512, 16, 4), (256, 32, 4), (512, 32, 8), (128, 64, 4), (256, 64, 8)]
-_INPUT_GRAD_TILES = [(128, 32, 4), (256, 32, 8), (128, 64, 4), (256, 64, 8)]
-_SIGN_TILES = [(32, 32, 4), (64, 32, 4), (32, 64, 4)]
+_INPUT_GRAD_TILES = [(128, 32, 4), (256, 32, 8), (256, 64, 8)]
+_SIGN_TILES = [(64, 32, 4), (32, 64, 4)]
 MAX_BLOCK_B = 64  # the largest BLOCK_B: the weights' padding for unmasked loads
 
 
