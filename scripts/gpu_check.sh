@@ -27,7 +27,7 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its log, exit status and wal
 }
 
 rm -f "$OUT/steps.jsonl"
-step kernel_tests 120 "$PY" -m pytest -q -p no:xdist -p no:cacheprovider tests/nn/kernels
+step kernel_tests 120 "$PY" -m pytest -q -o addopts="" -p no:cacheprovider tests/nn/kernels
 step bench 90 "$PY" src/bench.py --device cuda --json "$OUT/bench.json" --warmup 3 --repeats 10
 
 DATA=$(mktemp -d)
@@ -63,13 +63,16 @@ for model in ("adder_resnet20", "resnet20"):
         m = json.loads(metrics.read_text())
         report["epochs"][model] = {k: m[k] for k in m if k.startswith(("test/acc", "perf/", "fit_seconds"))}
 (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-lines = [f"# GPU check: {report.get('bench', {}).get('device', 'device unknown')}", "",
+import torch
+report["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA GPU (the kernel tests ran interpreted)"
+lines = [f"# GPU check: {report['device']}, torch {torch.__version__}", "",
          "| step | exit status | seconds |", "|---|---|---|"]
 lines += [f"| {s['step']} | {s['rc']} | {s['seconds']} |" for s in steps]
-lines += ["", f"Kernel tests on CUDA: {report.get('kernel_tests', 'not run')}", ""]
+lines += ["", f"Kernel tests (tests/nn/kernels): {report.get('kernel_tests', 'not run')}", ""]
 for title, rows in report.get("bench", {}).get("tables", {}).items():
     lines += [f"## {title}", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows] + [""]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
+              for r in rows] + [""]
 if report["epochs"]:
     lines += ["## One epoch on the CIFAR-10 JPEG copy", "", "| model | metric | value |", "|---|---|---|"]
     lines += [f"| {m} | {k} | {v:.4g} |" for m, vals in report["epochs"].items() for k, v in vals.items()]
