@@ -210,15 +210,21 @@ def _binder(jit, arch: int):
     return target, backend, create_function_from_signature(jit.signature, jit.params, backend)
 
 
+def _bind(launch: Launch, config, arch: str):
+    """The launch's arguments bound as Triton's JIT binds them at launch, for one config and architecture:
+    (target, backend, kwargs, bound arguments, specialisation, options)."""
+    target, backend, binder = _binder(launch.autotuner.fn, ARCHS[arch])
+    kwargs = {**launch.kwargs, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    return (target, backend, kwargs, *binder(*launch.args, **kwargs))
+
+
 def compile_launch(launch: Launch, config, arch: str) -> tuple[bytes, int]:
     """The cubin of one launch with one config, and its shared memory in bytes."""
     import triton
     from triton.compiler import ASTSource
 
     jit = launch.autotuner.fn
-    target, backend, binder = _binder(jit, ARCHS[arch])
-    kwargs = {**launch.kwargs, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-    bound, specialization, options = binder(*launch.args, **kwargs)
+    target, backend, kwargs, bound, specialization, options = _bind(launch, config, arch)
     options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound, specialization, options)
     compiled = triton.compile(ASTSource(jit, signature, constexprs, attrs), target=target, options=options.__dict__)
     return compiled.asm["cubin"], int(compiled.metadata.shared)
@@ -286,10 +292,7 @@ def _compile_job(job) -> dict:
 
 def _specialization(launch: Launch, config, arch: str) -> str:
     """What the compiled binary depends on: the arguments' types and specialisation, constexprs, config."""
-    jit = launch.autotuner.fn
-    _, _, binder = _binder(jit, ARCHS[arch])
-    kwargs = {**launch.kwargs, **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-    _, specialization, _ = binder(*launch.args, **kwargs)
+    specialization = _bind(launch, config, arch)[4]
     return repr((launch.kernel, arch, _config_name(config), specialization))
 
 
