@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import lightning.pytorch as pl
 import torch
@@ -32,3 +33,14 @@ class PoisonGradientAtStep(pl.Callback):
 
 def weights(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+class SlowValidation(pl.Callback):
+    """Make every validation run (not the sanity check) take at least ``seconds`` longer."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            time.sleep(self.seconds)

@@ -55,9 +55,9 @@ def test_experiments_run_where_the_user_is():
 
 def test_metrics_file_puts_the_headline_numbers_first(tmp_path):
     write_metrics(tmp_path / "m.json", {"adder/a/grad_norm": 1.0, "epochs": 2, "test/acc": 0.5, "val/acc": 0.4,
-                                        "perf/img_per_s": 10.0, "train/loss": 1.0, "fit_seconds": 3.0})
+                                        "perf/train_img_per_s": 10.0, "train/loss": 1.0, "fit_seconds": 3.0})
     keys = list(json.loads((tmp_path / "m.json").read_text()))
-    assert keys == ["test/acc", "val/acc", "train/loss", "fit_seconds", "epochs", "perf/img_per_s",
+    assert keys == ["test/acc", "val/acc", "train/loss", "fit_seconds", "epochs", "perf/train_img_per_s",
                     "adder/a/grad_norm"]
 
 

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from addernet.training.callbacks import FEATURES_PLOT, HISTOGRAMS_FILE, STATS_FILE
@@ -19,7 +20,7 @@ def test_wandb_offline_run_holds_metrics_adder_statistics_histograms_and_config(
     assert len(files) == 1
     keys, histograms, config = summarize(files[0])
     assert {"train/loss_step", "val/acc", "val/acc_top5", "val/acc_best", "test/acc", "lr-SGD",
-            "perf/img_per_s", "perf/epoch_seconds"} <= keys
+            "perf/train_img_per_s", "perf/train_seconds", "perf/val_seconds", "perf/epoch_seconds"} <= keys
     for layer in ("stages.0.0.conv1", "stages.2.0.downsample.0"):
         assert {f"adder/{layer}/grad_norm", f"adder/{layer}/alpha", f"adder/{layer}/weight_norm"} <= keys
     assert {"weights/adder/_type", "weights/conv/_type"} <= histograms
@@ -100,3 +101,21 @@ def test_the_feature_plot_samples_every_class_of_class_ordered_data():
     keep = feature_sample(len(labels), 2000)
     assert len(keep) == 2000 and len(keep.unique()) == 2000
     assert labels[keep].bincount().min() > 150  # every class, about equally (the first 2000 were 2 classes)
+
+
+def test_training_throughput_leaves_out_validation(tmp_path):
+    from addernet.experiments.report import CURVES_FILE, read_curves
+    from addernet.experiments.run import train
+    from hydra_helpers import compose_config
+
+    slow = ["+callbacks.slow._target_=reliability_helpers.SlowValidation", "+callbacks.slow.seconds=3"]
+    train(compose_config(["logger=csv", "run_name=test", "data=synthetic", "data.image_size=8", "data.train_size=64",
+                          "data.test_size=32", "data.batch_size=32", "trainer=cpu", "trainer.max_epochs=1",
+                          "recalibrate_bn=1", *slow], tmp_path))
+    curves = read_curves(tmp_path / CURVES_FILE)
+    (_, train_s), = curves["perf/train_seconds"]
+    (_, val_s), = curves["perf/val_seconds"]
+    (_, epoch_s), = curves["perf/epoch_seconds"]
+    (_, img_s), = curves["perf/train_img_per_s"]
+    assert val_s >= 3 and train_s < 3  # two small steps; the slow validation is counted apart
+    assert epoch_s == pytest.approx(train_s + val_s, rel=1e-5) and img_s == pytest.approx(64 / train_s, rel=1e-5)

@@ -114,7 +114,7 @@ def _mean_std(values: list[float]) -> tuple[float, float] | None:
 
 
 def _img_per_s(run: Run) -> float | None:
-    values = [v for _, v in run.curves.get("perf/img_per_s", [])]
+    values = [v for _, v in run.curves.get("perf/train_img_per_s", [])]
     return statistics.fmean(values) if values else None
 
 
@@ -124,7 +124,7 @@ COLUMNS = {  # column: (how to read it from a run, is a fraction shown as a perc
     "test acc": (lambda r: r.metrics.get("test/acc"), True),
     "test acc, BN as trained": (lambda r: r.metrics.get("test/acc_raw"), True),  # only with recalibrate_bn
     "epochs": (lambda r: r.metrics.get("epochs"), False),
-    "img/s": (_img_per_s, False),
+    "training img/s": (_img_per_s, False),
 }
 
 

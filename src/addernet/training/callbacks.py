@@ -2,7 +2,8 @@
 
 - every ``log_every_n_steps`` steps, per adder layer: the raw gradient norm, the factor AdaLR applied
   (alpha_l; 1 with AdaLR off) and the weight norm;
-- every epoch: throughput (img/s), epoch time, peak GPU memory; histograms of adder and of conv weights at the
+- every epoch: training throughput (img/s over the training steps alone), training and evaluation time
+  apart, peak GPU memory; histograms of adder and of conv weights at the
   start and end of the epoch (the paper's figure: adder weights Laplacian-like, conv weights Gaussian-like),
   also appended to ``weight_histograms.jsonl``;
 - once: parameters, multiplications, additions and energy per image, device and software versions
@@ -65,13 +66,13 @@ def feature_sample(size: int, samples: int) -> torch.Tensor:
 class AdderTracker(pl.Callback):
     def __init__(self, log_every_n_steps: int = 50, histogram_bins: int = 64, feature_samples: int = 2000):
         self.every, self.bins, self.feature_samples = log_every_n_steps, histogram_bins, feature_samples
-        self._epoch_start = 0.0
+        self._train_seconds = self._val_seconds = self._mark = self._val_start = 0.0
         self._images = 0
         self._stats_logged = False
         self._features: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
         self._hook = None
-        self._resumed: tuple[float, int] = (0.0, 0)  # (seconds, images) of the epoch before a resume
+        self._resumed: tuple[float, float, int] = (0.0, 0.0, 0)  # (train s, val s, images) before a resume
         self._batch_features: torch.Tensor | None = None
 
     # ---- once -------------------------------------------------------------------------------------------
@@ -116,38 +117,56 @@ class AdderTracker(pl.Callback):
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
 
     # ---- every epoch ------------------------------------------------------------------------------------
+    # Time is split in two: training steps (data loading, forward, backward, update, the callbacks of each
+    # step), from the epoch's start to its last training batch, and evaluation (validation with BatchNorm
+    # recalibration), which Lightning runs inside the training epoch, before on_train_epoch_end.
     def on_train_start(self, trainer, pl_module) -> None:
-        # a run resumed mid-epoch gets no on_train_epoch_start: go on from the time and images saved with it
-        self._epoch_start = time.perf_counter() - self._resumed[0]
-        self._images = self._resumed[1]
+        # a run resumed mid-epoch gets no on_train_epoch_start: go on from the times and images saved with it
+        self._train_seconds, self._val_seconds, self._images = self._resumed
+        self._mark = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start, self._images = time.perf_counter(), 0
+        self._train_seconds, self._val_seconds, self._images = 0.0, 0.0, 0
+        self._mark = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self._log_histograms(trainer, pl_module, "start")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self._train_seconds += now - self._mark
+        self._mark = now
         self._images += batch[0].shape[0]
-        seconds = time.perf_counter() - self._epoch_start
-        if seconds > 0:  # the progress bar's it/s counts batches; this counts images
-            pl_module.log("img/s", self._images * trainer.world_size / seconds, prog_bar=True, logger=False,
-                          on_step=True, on_epoch=False)
+        if self._train_seconds > 0:  # the progress bar's it/s counts batches; this counts images
+            pl_module.log("img/s", self._images * trainer.world_size / self._train_seconds, prog_bar=True,
+                          logger=False, on_step=True, on_epoch=False)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # not a validation run of its own
+            return
+        self._mark = time.perf_counter()
+        self._val_seconds += self._mark - self._val_start
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        seconds = time.perf_counter() - self._epoch_start
-        metrics = {"perf/epoch_seconds": seconds, "perf/img_per_s": self._images * trainer.world_size / seconds}
+        metrics = {"perf/train_seconds": self._train_seconds, "perf/val_seconds": self._val_seconds,
+                   "perf/epoch_seconds": self._train_seconds + self._val_seconds}
+        if self._train_seconds > 0:
+            metrics["perf/train_img_per_s"] = self._images * trainer.world_size / self._train_seconds
         if torch.cuda.is_available():
             metrics["perf/peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True)
         self._log_histograms(trainer, pl_module, "end")
 
     def state_dict(self) -> dict:
-        """The current epoch's time and images so far: a run resumed mid-epoch reports the whole epoch."""
-        return {"epoch_seconds": time.perf_counter() - self._epoch_start, "epoch_images": self._images}
+        """The current epoch's times and images so far: a run resumed mid-epoch reports the whole epoch."""
+        return {"train_seconds": self._train_seconds + time.perf_counter() - self._mark,
+                "val_seconds": self._val_seconds, "epoch_images": self._images}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resumed = (state.get("epoch_seconds", 0.0), state.get("epoch_images", 0))
+        self._resumed = (state.get("train_seconds", 0.0), state.get("val_seconds", 0.0), state.get("epoch_images", 0))
 
     @rank_zero_only
     def _log_histograms(self, trainer, pl_module, when: str) -> None:
