@@ -4,7 +4,9 @@ Prints per-layer tables (forward, forward+backward: time, elements per second, p
 ResNet-18 layer shapes, then whole-model ResNet-20 training and inference throughput, adder vs CNN twin,
 all measured side by side in one run.
 
-``--int8``: the int8 adder CPU kernels against PyTorch's CNNs. ``--aot``: no GPU needed: compile every Triton
+``--int8``: the int8 adder CPU kernels against PyTorch's CNNs. ``--thread-policy``: CPU threads and how they
+wait, on an idle machine (after a CPU-heavy minute) and with one core busy.
+``--aot``: no GPU needed: compile every Triton
 kernel x autotune config x adder layer of every registered model for sm_90 and sm_80 and report registers,
 spills, shared memory, grids against CUDA's limits and the inner loops' instruction mix (exit status 1 if any
 kernel fails to compile, spills or exceeds a grid limit).
@@ -13,9 +15,9 @@ kernel fails to compile, spills or exceeds a grid limit).
 import argparse
 import json
 
-import torch
+from addernet.experiments import benchmark, threads_benchmark  # addernet before torch: see addernet/__init__.py
 
-from addernet.experiments import benchmark
+import torch
 from addernet.models import is_adder_model, list_models
 from addernet.nn.kernels import aot
 from addernet.nn.kernels import BACKENDS, choose
@@ -43,6 +45,8 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true",
                         help="CPU int8 inference instead: ResNet-20 at batch 1 and 64 with 1 and 2 threads, int8 "
                              "adder (SAD kernel) vs fp32 adder, fp32 CNN and PyTorch's int8 CNN; and the int8 layers")
+    parser.add_argument("--thread-policy", action="store_true",
+                        help="CPU training speed by thread count and OpenMP wait policy, idle and with one core busy")
     parser.add_argument("--json", help="write all measurements to this file")
     parser.add_argument("--aot", action="store_true", help="compile the Triton kernels ahead of time (no GPU)")
     parser.add_argument("--aot-models", nargs="+", help="models whose adder layers to compile (default: all; a wide "
@@ -55,6 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.aot:
         raise SystemExit(aot_check(args))
+    if args.thread_policy:
+        print(threads_benchmark.run())
+        return
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     fast = choose("auto", device)

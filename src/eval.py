@@ -4,7 +4,8 @@ import dotenv
 import hydra
 from omegaconf import DictConfig
 
-from addernet.experiments.run import evaluate, run_job
+from addernet.experiments.evaluation import evaluate
+from addernet.experiments.jobs import run_job
 
 dotenv.load_dotenv()
 

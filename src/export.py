@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from addernet.experiments.deploy import export
-from addernet.experiments.run import run_job
+from addernet.experiments.jobs import run_job
 
 dotenv.load_dotenv()
 

@@ -14,11 +14,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=1, help="classes to show per image")
     args = parser.parse_args()
     try:
-        for file, classes in predict(args.model, args.images, args.top):
-            print(f"{file}: " + ", ".join(f"{name} ({100 * p:.1f}%)" for name, p in classes))
+        results, notes = predict(args.model, args.images, args.top)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    for file, classes in results:
+        print(f"{file}: " + ", ".join(f"{name} ({100 * p:.1f}%)" for name, p in classes))
 
 
 if __name__ == "__main__":

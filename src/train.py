@@ -7,7 +7,8 @@ import hydra
 from omegaconf import DictConfig
 
 from addernet.experiments.sweep import register_sweep_resolver
-from addernet.experiments.run import run_job, train
+from addernet.experiments.jobs import run_job
+from addernet.experiments.run import train
 
 dotenv.load_dotenv()  # DATA_DIR, WANDB_* from .env
 register_sweep_resolver(Path(__file__).resolve().parents[1] / "sweeps")  # sweep=NAME reads sweeps/NAME.yaml

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
+from pathlib import Path
 
 import torch
 from addernet.errors import ConfigError
@@ -22,32 +24,55 @@ def device_name(device: torch.device | str | None = None) -> str:
         return platform.processor() or platform.machine() or "cpu"
 
 
-def busy_cores() -> int:
-    """Cores that other programs keep busy now: the 1-minute load average, rounded (0 where unknown)."""
-    try:
-        return round(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return 0
-
-
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Cores this process may run on: its CPU affinity (taskset, SLURM's binding), capped by its cgroup's CPU
+    quota (a container's or a job's ``--cpus``), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def cgroup_cpu_quota() -> int | None:
+    """The CPU quota of this process's cgroup in whole cores (rounded up), or None where there is none."""
+    for path in _cgroup_cpu_files():
+        try:
+            fields = Path(path).read_text().split()
+        except OSError:
+            continue
+        if len(fields) == 2 and fields[0] != "max":  # cgroup v2: "<quota> <period>" or "max <period>"
+            return math.ceil(int(fields[0]) / int(fields[1]))
+        if len(fields) == 1 and int(fields[0]) > 0:  # cgroup v1: cpu.cfs_quota_us (-1: none)
+            period = int(Path(path).with_name("cpu.cfs_period_us").read_text())
+            return math.ceil(int(fields[0]) / period)
+    return None
+
+
+def _cgroup_cpu_files() -> list[str]:
+    files = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):  # cgroup v2: the process's own group, then the root
+                files.append(f"/sys/fs/cgroup{line[3:].rstrip('/')}/cpu.max")
+    except OSError:
+        pass
+    return files + ["/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"]
 
 
 def configure_threads(setting: int | str | None, processes: int = 1) -> int:
     """Set the CPU threads of this process (PyTorch's intra-op pool, which the compiled kernels use too).
 
-    ``auto``: the cores not already busy, shared among the ``processes`` this machine runs for the job, at
-    least 1. It matters: OpenMP threads wait for each other at every parallel loop, so one thread that loses
-    its core to another program stalls all of them (measured on a 2-core machine: a run 6-7x slower with 2
-    threads than with 1 while the other core was busy). An explicit number is taken as it is;
-    ``OMP_NUM_THREADS`` set in the environment counts as explicit.
+    ``auto``: every core this process may use (:func:`available_cores`), shared among the ``processes`` that
+    the job runs on this machine, at least 1. Not fewer on a busy machine: OpenMP threads sleep while they
+    wait (see :mod:`addernet`), so a thread that loses its core to another program delays the others without
+    taking their time, and a run with every core is about as fast as one with the free cores only (``python
+    src/bench.py --thread-policy`` measures both). An explicit number is taken as it is; ``OMP_NUM_THREADS``
+    set in the environment counts as explicit.
     """
     if setting in (None, "auto"):
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():
             threads = int(os.environ["OMP_NUM_THREADS"])
         else:
-            threads = max(1, (available_cores() - busy_cores()) // max(1, processes))
+            threads = max(1, available_cores() // max(1, processes))
     elif isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
         threads = setting
     else:

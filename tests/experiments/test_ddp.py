@@ -69,16 +69,40 @@ def test_two_process_ddp_ranks_agree_and_match_one_process_on_the_global_batch(t
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
 
 
-def test_ddp_sim_trainer_runs_through_the_training_script(tmp_path):
+DDP_RUN = ["trainer=ddp_sim", "logger=csv", "data=synthetic", "data.image_size=8", "data.train_size=96",
+           "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=2", "trainer.deterministic=true"]
+
+
+def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    """trainer=ddp_sim through the training script: 2 processes (gloo), 3 batches of 16 each per epoch. One run
+    straight through; one stopped by a signal at step 4 (epoch 2, batch 1) and resumed with ckpt_path=last.
+    Each process takes its shard of the epoch's order and skips what it had trained, and the epoch's metric
+    sums of both processes survive the resume: the same weights, bit for bit, and the same metrics."""
     import json
+    import os
+    import signal
 
-    from hydra_helpers import run_script
+    from hydra_helpers import ROOT, run_script
+    from reliability_helpers import weights
 
-    run = tmp_path / "run"
-    result = run_script("train.py", "trainer=ddp_sim", "logger=csv", "data=synthetic", "data.image_size=8",
-                        "data.train_size=96", "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=1",
-                        f"hydra.run.dir={run}", cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    whole, run = tmp_path / "whole", tmp_path / "interrupted"
+    result = run_script("train.py", *DDP_RUN, f"hydra.run.dir={whole}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
-    assert 0 <= json.loads((run / "metrics.json").read_text())["test/acc"] <= 1
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    interrupt = ["+callbacks.interrupt._target_=reliability_helpers.SignalAtStep", "+callbacks.interrupt.step=4",
+                 f"+callbacks.interrupt.signum={int(signal.SIGUSR1)}"]
+    result = run_script("train.py", *DDP_RUN, *interrupt, f"hydra.run.dir={run}", cwd=tmp_path, env=env)
+    assert result.returncode == 128 + signal.SIGUSR1, result.stderr[-3000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 4 and saved["epoch"] == 1  # mid-epoch
+    result = run_script("train.py", *DDP_RUN, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final_whole, final_resumed = (weights(d / "checkpoints" / "last.ckpt") for d in (whole, run))
+    moved = [k for k, v in final_whole.items() if k.endswith("weight") and not torch.equal(v, saved["state_dict"][k])]
+    assert len(moved) > 40  # the resumed run trained on
+    for key, value in final_whole.items():
+        torch.testing.assert_close(final_resumed[key], value, rtol=0, atol=0, msg=key)
+    whole_metrics, resumed_metrics = (json.loads((d / "metrics.json").read_text()) for d in (whole, run))
+    for key in ("train/acc", "train/loss_epoch", "val/acc", "test/acc"):
+        assert resumed_metrics[key] == whole_metrics[key], key

@@ -1,13 +1,13 @@
 """What a user meets at the command line: every documented choice runs, mistakes are one line, outputs exist."""
 
 import json
-import re
 
 import pytest
 import torch
 
-from addernet.experiments.run import train, write_metrics
-from hydra_helpers import CONF, ROOT, compose_config, run_script
+from addernet.experiments.jobs import write_metrics
+from addernet.experiments.run import train
+from hydra_helpers import CONF, compose_config, run_script
 
 TINY = ["trainer=cpu", "run_name=test", "data=synthetic", "data.train_size=64", "data.test_size=32",
         "data.image_size=8", "data.batch_size=16", "trainer.max_epochs=1"]
@@ -59,21 +59,3 @@ def test_metrics_file_puts_the_headline_numbers_first(tmp_path):
     keys = list(json.loads((tmp_path / "m.json").read_text()))
     assert keys == ["test/acc", "val/acc", "train/loss", "fit_seconds", "epochs", "perf/train_img_per_s",
                     "adder/a/grad_norm"]
-
-
-def test_the_readme_python_snippet_runs():
-    readme = (ROOT / "README.md").read_text()
-    snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert snippets
-    for code in snippets:
-        exec(compile(code, "README.md", "exec"), {})
-
-
-def test_the_readme_lists_every_choice_of_every_group():
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| group | choices |"):]
-    table = table[:table.index("\n\n")]
-    for group in ("model", "data", "trainer", "adalr", "logger", "debug", "experiment", "sweep"):
-        row = next(line for line in table.splitlines() if line.startswith(f"| `{group}`"))
-        for choice in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
-            assert f"`{choice}`" in row, f"{group}={choice} is missing from the README's table"

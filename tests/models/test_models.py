@@ -110,7 +110,7 @@ def test_lenet5_bn_is_all_adder_with_batchnorm_after_every_layer():
     assert all(type(getattr(cnn, n)) is nn.Conv2d for n in layers)
     for layer, bn in zip(layers, ["bn1", "bn2", "bn3", "bn4", "bn_logits"]):
         assert getattr(adder, bn).num_features == getattr(adder, layer).out_channels
-    assert cnn.features(torch.randn(3, 1, 28, 28)).shape == (3, 84)
+    assert cnn.forward_features(torch.randn(3, 1, 28, 28)).shape == (3, 84)
 
 
 def test_vgg_small_structure():
@@ -120,7 +120,7 @@ def test_vgg_small_structure():
     assert type(model.stem[0]) is nn.Conv2d and type(model.fc) is nn.Conv2d  # first layer and classifier multiply
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 3
     cnn = create_model("vgg_small", num_classes=100)  # shapes (the adder twin runs in the test above)
-    assert cnn.features(torch.randn(2, 3, 32, 32)).shape == (2, 512 * 4 * 4)
+    assert cnn.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 512 * 4 * 4)
     assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
@@ -141,3 +141,31 @@ def test_init_pytorch_leaves_convolutions_at_pytorchs_default_kaiming_draws_them
         assert 4.5 < ratio < 8
     with pytest.raises(ValueError, match="unknown init 'xavier'; choose one of kaiming, pytorch"):
         create_model(name, init="xavier")
+
+
+SMALL_MODELS = {"adder_resnet20": (3, 16, 16), "resnet20": (3, 16, 16), "adder_vgg_small": (3, 32, 32),
+                "adder_lenet5_bn": (1, 28, 28), "lenet5_bn": (1, 28, 28)}
+
+
+@pytest.mark.parametrize("name", list(SMALL_MODELS))
+def test_every_model_has_the_written_down_interface(name):
+    """forward = forward_head(forward_features); the classifier's input is the features; reset_classifier
+    gives a head of the same kind for another number of classes."""
+    from addernet.models.interface import ClassifierNet
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    assert isinstance(model, ClassifierNet)
+    x = torch.randn(2, *SMALL_MODELS[name])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (2, model.num_features)
+        torch.testing.assert_close(model(x), model.forward_head(features), rtol=0, atol=0)
+        seen = []
+        hook = model.get_classifier().register_forward_pre_hook(lambda m, args: seen.append(args[0].flatten(1)))
+        model(x)
+        hook.remove()
+        torch.testing.assert_close(seen[0], features, rtol=0, atol=0)
+    kind = type(model.get_classifier())
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and type(model.get_classifier()) is kind and model(x).shape == (2, 3)

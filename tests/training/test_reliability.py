@@ -4,10 +4,11 @@ import warnings
 import pytest
 import torch
 
-from addernet.training.reliability import Interrupted, NonFiniteError
+from addernet.training.nonfinite import NonFiniteError
+from addernet.training.signals import Interrupted
 from addernet.experiments.report import CURVES_FILE, read_curves
 from addernet.experiments.run import train
-from hydra_helpers import compose_config
+from hydra_helpers import ROOT, compose_config
 from reliability_helpers import weights
 
 # 6 batches an epoch, 2 epochs; random crops and flips on, so the RNG state matters too
@@ -20,33 +21,76 @@ def interrupt_at(step: int, signum: int) -> list[str]:
             f"+callbacks.interrupt.signum={signum}"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
-def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(signum, tmp_path):
-    whole = train(compose_config(BASE, tmp_path / "whole"))
-    run = tmp_path / "interrupted"
-    with pytest.raises(Interrupted) as stop:
-        train(compose_config(BASE + interrupt_at(8, int(signum)), run))  # epoch 2, batch 3 of 6
-    assert stop.value.code == 128 + int(signum)
-    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 8 and saved["epoch"] == 1
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        resumed = train(compose_config(BASE + ["ckpt_path=last"], run))
-    assert not [w for w in seen if "not resumable" in str(w.message)]  # it is resumable: no false alarm
-    final_whole, final_resumed = weights(tmp_path / "whole" / "checkpoints" / "last.ckpt"), weights(
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("whole")
+    return run, train(compose_config(BASE, run))
+
+
+def assert_same_ending(run, resumed, uninterrupted) -> None:
+    """A resumed run ends with the uninterrupted run's weights, bit for bit, its metrics and its history."""
+    whole_dir, whole = uninterrupted
+    final_whole, final_resumed = weights(whole_dir / "checkpoints" / "last.ckpt"), weights(
         run / "checkpoints" / "last.ckpt")
     for key, value in final_whole.items():
         torch.testing.assert_close(final_resumed[key], value, rtol=0, atol=0, msg=key)
     for key in ("val/acc", "val/acc_best", "test/acc", "train/loss_epoch", "train/acc"):
         assert resumed[key] == whole[key], key
     # the history survives the resume: both epochs' curves, as in the uninterrupted run
-    assert read_curves(run / CURVES_FILE)["val/acc"] == read_curves(tmp_path / "whole" / CURVES_FILE)["val/acc"]
-    seconds = [v for _, v in read_curves(run / CURVES_FILE)["perf/epoch_seconds"]]
+    assert read_curves(run / CURVES_FILE)["val/acc"] == read_curves(whole_dir / CURVES_FILE)["val/acc"]
+    seconds = [v for _, v in read_curves(run / CURVES_FILE)["perf/train_seconds"]]
     assert len(seconds) == 2 and all(0 < v < 600 for v in seconds)  # not the time since the machine booted
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGUSR1, signal.SIGINT],
+                         ids=lambda s: s.name)
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(signum, uninterrupted, tmp_path):
+    run = tmp_path / "interrupted"
+    with pytest.raises(Interrupted) as stop:
+        train(compose_config(BASE + interrupt_at(8, int(signum)), run))  # epoch 2, batch 3 of 6
+    assert stop.value.code == 128 + int(signum)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 8 and saved["epoch"] == 1
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        resumed = train(compose_config(BASE + ["ckpt_path=last"], run))
+    assert not [w for w in seen if "not resumable" in str(w.message)]  # it is resumable: no false alarm
+    assert_same_ending(run, resumed, uninterrupted)
+
+
+def test_slurm_warning_signal_checkpoints_mid_epoch_requeues_and_resumes_exactly(uninterrupted, tmp_path):
+    """As on a SLURM cluster: the job gets SIGUSR2 before its time limit; it saves at the end of the step,
+    Lightning's SLURM environment writes its hpc checkpoint and runs ``scontrol requeue``; the requeued job
+    (ckpt_path=last) ends as if never stopped."""
+    import json
+    import os
+    import stat
+
+    from hydra_helpers import run_script
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train",
+           "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "job"
+    result = run_script("train.py", *BASE, *interrupt_at(8, int(signal.SIGUSR2)), f"hydra.run.dir={run}",
+                        cwd=tmp_path, env=env)
+    assert result.returncode == 128 + signal.SIGUSR2, result.stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    for path in (run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt"):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert saved["global_step"] == 8 and saved["epoch"] == 1, path  # mid-epoch: batch 3 of 6
+    result = run_script("train.py", *BASE, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_ending(run, json.loads((run / "metrics.json").read_text()), uninterrupted)
+
+
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
-    from addernet.training.reliability import AtomicCheckpointIO
+    from addernet.training.checkpoints import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)
@@ -132,7 +176,7 @@ def test_resuming_from_another_models_checkpoint_is_refused(tmp_path):
 
 
 def test_eval_refuses_foreign_checkpoints_and_mismatched_classes(tmp_path):
-    from addernet.experiments.run import evaluate
+    from addernet.experiments.evaluation import evaluate
 
     train(compose_config(BASE + ["trainer.max_epochs=1"], tmp_path / "run"))
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
@@ -141,7 +185,7 @@ def test_eval_refuses_foreign_checkpoints_and_mismatched_classes(tmp_path):
                                  "data.image_size=8"], tmp_path / "eval", name="eval"))
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
-    with pytest.raises(ValueError, match="was not written by addernet's train.py"):
+    with pytest.raises(ValueError, match="was not written by addernet's src/train.py"):
         evaluate(compose_config([f"ckpt_path={foreign}", "trainer=cpu", "data=synthetic"], tmp_path / "e2",
                                 name="eval"))
 

@@ -89,21 +89,32 @@ class InMemoryDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0,
                           generator=torch.Generator().manual_seed(self.seed))
 
+    def _processes(self) -> tuple[int, int]:
+        """(processes, this one's rank) of the training job."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
-        if not self.shuffle:
-            return self._loader("train")
-        return self._loader("train", EpochPermutation(len(self.splits["train"]), self.seed, self._skip_for))
+        processes, rank = self._processes()
+        return self._loader("train", EpochPermutation(self.splits["train"], self.seed, self._skip_for, processes,
+                                                      rank, shuffle=self.shuffle))
 
     def state_dict(self) -> dict:
-        """Where training stands in the current epoch; Lightning keeps it in every checkpoint."""
+        """Where training stands in the current epoch (batches trained by each process); Lightning keeps it in
+        every checkpoint."""
         if self.trainer is None or not self.trainer.training:
             return {}
+        processes = self._processes()[0]
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done >= self.trainer.num_training_batches:  # saved at the end of an epoch
-            return {"epoch": self.trainer.current_epoch + 1, "batches": 0}
-        return {"epoch": self.trainer.current_epoch, "batches": done}
+            return {"epoch": self.trainer.current_epoch + 1, "batches": 0, "processes": processes}
+        return {"epoch": self.trainer.current_epoch, "batches": done, "processes": processes}
 
     def load_state_dict(self, state: dict) -> None:
+        if state and state["batches"] and state.get("processes", 1) != self._processes()[0]:
+            raise ConfigError(f"the checkpoint was taken in the middle of an epoch by {state.get('processes', 1)} "
+                              f"training processes and this run has {self._processes()[0]}: resume with as "
+                              f"many (trainer.devices, trainer.num_nodes), or from a checkpoint taken at the end "
+                              f"of an epoch")
         self._resume = (state["epoch"], state["batches"]) if state else None
 
     def _skip_for(self, epoch: int) -> int:

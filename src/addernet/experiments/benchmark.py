@@ -153,7 +153,7 @@ def as_dicts(results: list[Measurement]) -> list[dict]:
 # ---- int8 inference on the CPU ------------------------------------------------------------------------------
 
 def _int8_adder(name: str, x: torch.Tensor) -> torch.nn.Module:
-    from addernet.nn.quantized import calibrate, quantize_model
+    from addernet.deploy.quantized import calibrate, quantize_model
 
     net = create_model(f"adder_{name}", num_classes=10).eval()
     return quantize_model(net, calibrate(net, [x]))

@@ -1,7 +1,7 @@
 """Deployment runs: export a checkpoint as a quantised file, and classify image files with such a file.
 
 What ``src/export.py`` and ``src/predict.py`` call; ``src/eval.py`` evaluates exported files too
-(:func:`addernet.experiments.run.evaluate` recognises them).
+(:func:`addernet.experiments.evaluation.evaluate` recognises them).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from addernet.nn import quantized
+from addernet.deploy import quantized
 from addernet.errors import ConfigError
 from addernet.nn.kernels import int8
-from addernet.experiments.run import use_threads
-from addernet.training.classifier import load_checkpoint_model
+from addernet.experiments.jobs import use_threads
+from addernet.training.checkpoints import load_checkpoint_model
 
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8",)
@@ -89,22 +89,35 @@ def export(cfg: DictConfig) -> dict:
 
 
 @torch.no_grad()
-def predict(model_file: str, image_files: list[str], top: int = 1) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Classes (and probabilities) of image files, by an exported model; images are resized to its input."""
+def predict(model_file: str, image_files: list[str], top: int = 1
+            ) -> tuple[list[tuple[str, list[tuple[str, float]]]], list[str]]:
+    """Classes (and probabilities) of image files by an exported model, and notes on how the images were
+    converted to its input as torchvision's transforms would: to its channels (grayscale or RGB), then resized
+    to its size (bilinear, aspect ratio not kept)."""
     from PIL import Image
 
     from addernet.data.images import load_rgb
 
     model = quantized.load_exported(model_file)
-    _, height, width = model.info["input_size"]
+    channels, height, width = model.info["input_size"]
+    if channels not in (1, 3):
+        raise ConfigError(f"{model_file} takes {channels}-channel images; predict reads 1-channel (grayscale) "
+                          f"or 3-channel (RGB) files only: evaluate it with src/eval.py on its data instead")
     names = model.info.get("class_names") or [str(i) for i in range(model.num_classes)]
-    results = []
+    results, converted, resized = [], 0, 0
     for file in image_files:
-        image = load_rgb(Path(file))
+        image = load_rgb(Path(file))  # any mode (palette, RGBA, 16-bit, CMYK) to RGB first
+        if channels == 1:
+            image = image.convert("L")
+            converted += 1
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+            resized += 1
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, channels)
         probs = model(model.normalize(pixels.permute(2, 0, 1)[None])).softmax(1)[0]
         best = probs.topk(min(top, len(probs)))
         results.append((file, [(names[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist())]))
-    return results
+    notes = [f"{count} of {len(image_files)} images {what} (the model's input: {channels}x{height}x{width})"
+             for count, what in ((converted, "converted to grayscale"), (resized, f"resized to {width}x{height}"))
+             if count]
+    return results, notes

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from addernet.training.callbacks import HISTOGRAMS_FILE
-from addernet.experiments.run import FAILURE_FILE, METRICS_FILE
+from addernet.experiments.jobs import FAILURE_FILE, METRICS_FILE
 
 CURVES_FILE = Path("csv") / "metrics.csv"
 IGNORED_OVERRIDES = ("seed", "hydra.", "sweep=", "sweep_name=")

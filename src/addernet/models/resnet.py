@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from addernet.models.init import init_weights
+from addernet.models.interface import ClassifierNet, conv_head
 from addernet.nn.layer import Adder2d
 
 # (in_channels, out_channels, kernel_size, stride, padding) -> module
@@ -83,13 +84,10 @@ def _stem(kind: str, in_channels: int, width: int) -> nn.Sequential:
     raise ValueError(f"unknown stem {kind!r}; choose 'cifar' or 'imagenet'")
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int], widths: Sequence[int],
                  stem: str, layer: LayerFactory, num_classes: int, in_channels: int = 3, init: str = "kaiming"):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.num_classes = num_classes
         self.stem = _stem(stem, in_channels, widths[0])
         stages, in_ch = [], widths[0]
         for i, (depth, planes) in enumerate(zip(depths, widths)):
@@ -100,14 +98,10 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Conv2d(in_ch, num_classes, 1, bias=False)
-        self.bn_logits = nn.BatchNorm2d(num_classes)
-        self.feature_dim = in_ch
+        self._build_head(in_ch, num_classes, conv_head)
+        self.init_scheme = init
         init_weights(self, init)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (after global pooling), shape (N, feature_dim)."""
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (after global pooling), shape (N, num_features)."""
         return self.pool(self.stages(self.stem(x))).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn_logits(self.fc(self.features(x)[:, :, None, None])).flatten(1)

@@ -10,17 +10,15 @@ import torch
 from torch import nn
 
 from addernet.models.init import init_weights
+from addernet.models.interface import ClassifierNet, conv_head
 from addernet.models.resnet import LayerFactory
 
 WIDTHS = (128, 128, 256, 256, 512, 512)
 
 
-class VGGSmall(nn.Module):
+class VGGSmall(ClassifierNet):
     def __init__(self, layer: LayerFactory, num_classes: int = 10, in_channels: int = 3, init: str = "kaiming"):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.num_classes = num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, WIDTHS[0], 3, 1, 1, bias=False), nn.BatchNorm2d(WIDTHS[0]),
                                   nn.ReLU(inplace=True))
         body: list[nn.Module] = []
@@ -29,14 +27,9 @@ class VGGSmall(nn.Module):
             if i % 2 == 1:  # after the 2nd, 4th and 6th layer (the stem is the 1st)
                 body.append(nn.MaxPool2d(2))
         self.body = nn.Sequential(*body)
-        self.pool = nn.Identity()  # the penultimate features: 512 x 4 x 4 for 32x32 images, flattened
-        self.feature_dim = WIDTHS[-1] * 4 * 4
-        self.fc = nn.Conv2d(self.feature_dim, num_classes, 1, bias=False)
-        self.bn_logits = nn.BatchNorm2d(num_classes)
+        self._build_head(WIDTHS[-1] * 4 * 4, num_classes, conv_head)  # 512 x 4 x 4 for 32x32 images, flattened
+        self.init_scheme = init
         init_weights(self, init)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.body(self.stem(x)).flatten(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn_logits(self.fc(self.features(x)[:, :, None, None])).flatten(1)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.stem(x)).flatten(1)

@@ -186,10 +186,11 @@ class AdderTracker(pl.Callback):
     def on_test_start(self, trainer, pl_module) -> None:
         self._features, self._labels, self._batch_features = [], [], None
 
-        def keep_first(module, args, out):  # the test step's forward, not extra ones other callbacks make
+        def keep_first(module, args):  # the test step's forward, not extra ones other callbacks make
             if self._batch_features is None:
-                self._batch_features = out.flatten(1).float().cpu()
-        self._hook = pl_module.net.pool.register_forward_hook(keep_first)
+                self._batch_features = args[0].flatten(1).float().cpu()
+        # the classifier's input is the penultimate features (see addernet.models.interface)
+        self._hook = pl_module.net.get_classifier().register_forward_pre_hook(keep_first)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._batch_features = None

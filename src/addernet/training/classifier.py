@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics import MaxMetric, MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy
 
-from addernet.errors import ConfigError
-from addernet.models import create_model
 from addernet.training.adalr import AdaLRStats, AdaptiveLR
 
 CONFIG_KEY = "addernet_config"  # where checkpoints keep the run's resolved config
 RNG_KEY = "addernet_rng_states"
+INPUT_SIZE_KEY = "addernet_input_size"  # (C, H, W) of the training images: eval checks data against it
 
 
 class ImageClassifier(pl.LightningModule):
@@ -43,13 +41,14 @@ class ImageClassifier(pl.LightningModule):
         self.num_classes = num_classes or net.num_classes
         self.run_config = run_config  # saved into checkpoints so that eval can rebuild the model
         self.last_adalr: AdaLRStats | None = None
+        self.input_size: tuple[int, ...] | None = None  # (C, H, W) of the images it was trained on
         top5 = min(5, self.num_classes)
         self.metrics = nn.ModuleDict({
             f"{stage}_{name}": MulticlassAccuracy(self.num_classes, top_k=k, average="micro")
             for stage in ("train", "val", "test") for name, k in (("acc", 1), ("acc_top5", top5))})
         self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in ("train", "val", "test")})
         self.val_acc_best = MaxMetric()
-        self.test_confusion = MulticlassConfusionMatrix(self.num_classes)  # top-1 per class (eval)
+        self.test_acc_per_class = MulticlassAccuracy(self.num_classes, average=None)  # top-1 per class (eval)
         for metric in (*self.metrics.values(), *self.losses.values(), self.val_acc_best):
             metric.persistent(True)  # in checkpoints: a resumed run keeps its best accuracy and epoch sums
 
@@ -95,6 +94,7 @@ class ImageClassifier(pl.LightningModule):
         return loss, logits
 
     def training_step(self, batch, batch_idx):
+        self.input_size = self.input_size or tuple(batch[0].shape[1:])
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx):
@@ -102,14 +102,13 @@ class ImageClassifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         _, logits = self._step(batch, "test")
-        self.test_confusion.update(logits.detach().argmax(1), batch[1])
+        self.test_acc_per_class.update(logits.detach(), batch[1])
 
     def per_class_accuracy(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """After a test run: each class's top-1 accuracy (NaN for a class with no test images) and its number
-        of test images."""
-        confusion = self.test_confusion.compute().double()
-        support = confusion.sum(1)
-        return confusion.diag() / support, support.long()
+        """After a test run: each class's top-1 accuracy and its number of test images (a class without any has
+        accuracy 0 here; the report lists it as having no images)."""
+        metric = self.test_acc_per_class
+        return metric.compute(), metric.tp + metric.fn  # its true positives and misses: the class's images
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -146,30 +145,34 @@ class ImageClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        if self.input_size is not None:
+            checkpoint[INPUT_SIZE_KEY] = list(self.input_size)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            self._sum_metric_states_over_processes(checkpoint)
         # the augmentation's random draws continue where they stopped when the run resumes
         checkpoint[RNG_KEY] = {"torch": torch.get_rng_state(),
                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
+    def _metric_states(self) -> dict[str, torch.Tensor]:
+        """The states of the metrics kept in checkpoints, by their key in the module's state_dict."""
+        return {f"{name}.{key}": value for name, m in self.named_modules() if isinstance(m, Metric)
+                for key, value in m.state_dict().items()}
+
+    def _sum_metric_states_over_processes(self, checkpoint: dict) -> None:
+        """With several processes each holds its part of the epoch's metric sums, and the checkpoint keeps
+        rank 0's state_dict: put the sums over all processes there (every rank calls this: a collective)."""
+        for name, m in self.named_modules():
+            if isinstance(m, Metric) and m.state_dict():
+                with m.sync_context(should_sync=True, should_unsync=True):
+                    checkpoint["state_dict"].update({f"{name}.{k}": v.clone() for k, v in m.state_dict().items()})
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.global_rank > 0:  # rank 0 takes the sums, the others start empty
+            checkpoint["state_dict"].update(self._metric_states())
+        if INPUT_SIZE_KEY in checkpoint:
+            self.input_size = tuple(checkpoint[INPUT_SIZE_KEY])
         states = checkpoint.get(RNG_KEY)
         if states:
             torch.set_rng_state(states["torch"])
             if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def load_checkpoint_model(ckpt_path: str | Path) -> tuple[ImageClassifier, dict]:
-    """Rebuild the classifier stored in a checkpoint written by :func:`train` (model from its saved config)."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found: pass ckpt_path=<a .ckpt file written by train>")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    config = checkpoint.get(CONFIG_KEY)
-    if not config or "model" not in config:
-        raise ConfigError(f"{path} was not written by addernet's train.py: it holds no {CONFIG_KEY!r} entry")
-    options = {k: v for k, v in config["model"].items() if k not in ("_target_", "name")}
-    classes = checkpoint["state_dict"]["net.bn_logits.weight"].numel()
-    net = create_model(config["model"]["name"], num_classes=classes, **options)
-    module = ImageClassifier(net, optimizer=None)
-    module.load_state_dict(checkpoint["state_dict"], strict=False)  # metric states may differ
-    return module, config

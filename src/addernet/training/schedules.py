@@ -1,16 +1,17 @@
-"""Learning-rate schedules over a whole run, stepped once per optimizer step.
+"""Learning-rate schedules over a whole run, stepped once per optimizer step: torch's schedulers, sized by the run.
 
-Each is a builder ``(optimizer, total_steps, **options) -> LRScheduler``; configs give the options with
-``_partial_: true`` and the LightningModule supplies ``total_steps`` once the trainer knows it.
+Each is a builder ``(optimizer, total_steps, **options) -> LRScheduler``: configs give the options with
+``_partial_: true`` and the LightningModule supplies ``total_steps`` once the trainer knows it, so that a
+schedule (and its milestones, given as fractions of the run) fits whatever length the run has. An optional
+linear warm-up from ``1 / warmup_steps`` of the learning rate comes first (``LinearLR`` + ``SequentialLR``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR, SequentialLR
 
 
 def _check(total_steps: int, warmup_steps: int) -> None:
@@ -19,36 +20,33 @@ def _check(total_steps: int, warmup_steps: int) -> None:
                          f"total_steps={total_steps}")
 
 
-def _with_warmup(shape, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return shape(step)
-    return factor
+def _after_warmup(optimizer: Optimizer, warmup_steps: int, schedule: LRScheduler) -> LRScheduler:
+    if not warmup_steps:
+        return schedule
+    warmup = LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1)
+    return SequentialLR(optimizer, [warmup, schedule], milestones=[warmup_steps])
 
 
-def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0) -> LambdaLR:
+def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0) -> LRScheduler:
     """Cosine decay from the base learning rate to ``min_factor`` times it (the authors' schedule)."""
     _check(total_steps, warmup_steps)
-    span = max(1, total_steps - warmup_steps)
-    return LambdaLR(optimizer, _with_warmup(
-        lambda s: min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup_steps) / span))),
-        warmup_steps))
+    base = optimizer.param_groups[0]["lr"]
+    return _after_warmup(optimizer, warmup_steps, CosineAnnealingLR(
+        optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=min_factor * base))
 
 
 def step(optimizer: Optimizer, total_steps: int, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1,
-         warmup_steps: int = 0) -> LambdaLR:
+         warmup_steps: int = 0) -> LRScheduler:
     """Multiply by ``gamma`` at each milestone, given as fractions of the run."""
     _check(total_steps, warmup_steps)
     if any(not 0 < m < 1 for m in milestones):
         raise ValueError(f"milestones are fractions of the run in (0, 1), got {list(milestones)}")
-    bounds = [m * total_steps for m in milestones]
-    return LambdaLR(optimizer, _with_warmup(lambda s: gamma ** sum(s >= b for b in bounds), warmup_steps))
+    steps = [max(1, round(m * total_steps) - warmup_steps) for m in milestones]
+    return _after_warmup(optimizer, warmup_steps, MultiStepLR(optimizer, steps, gamma))
 
 
-def poly(optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> LambdaLR:
+def poly(optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> LRScheduler:
     """Polynomial decay to zero: (1 - progress) ** power."""
     _check(total_steps, warmup_steps)
-    span = max(1, total_steps - warmup_steps)
-    return LambdaLR(optimizer, _with_warmup(lambda s: max(0.0, 1 - (s - warmup_steps) / span) ** power,
-                                            warmup_steps))
+    return _after_warmup(optimizer, warmup_steps, PolynomialLR(
+        optimizer, total_iters=max(1, total_steps - warmup_steps), power=power))

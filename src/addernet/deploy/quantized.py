@@ -255,8 +255,13 @@ def load_exported(path: str | Path) -> DeployedModel:
     if payload.get("version") != VERSION:
         raise ConfigError(f"{path} is {FORMAT} version {payload.get('version')}, this code reads version "
                           f"{VERSION}: export the checkpoint again with this version")
-    net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
-    net.load_state_dict(payload["state_dict"])
+    try:
+        net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(f"{path}: its layers do not fit the model it names ({payload.get('model')}: "
+                          f"{type(err).__name__}: {first}): the file was edited or damaged; export it again") from None
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return DeployedModel(net, info).eval()
 

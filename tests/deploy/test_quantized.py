@@ -5,7 +5,7 @@ import torch
 
 from addernet.errors import ConfigError
 from addernet.models import create_model
-from addernet.nn.quantized import Int8Adder2d, Int8ResidualBlock, calibrate, load_exported, quantize_model
+from addernet.deploy.quantized import Int8Adder2d, Int8ResidualBlock, calibrate, load_exported, quantize_model
 from addernet.experiments.run import train
 from data_files import write_image_folders
 from hydra_helpers import run_script
