@@ -9,13 +9,14 @@ import torch
 
 
 class SignalAtStep(pl.Callback):
-    """Send this process a signal at the end of one training step, as a scheduler or Ctrl-C would."""
+    """Send the process of rank 0 a signal in the middle of one training step (after its backward pass, before
+    its update), as a scheduler or Ctrl-C would: the other ranks learn of it only through rank 0."""
 
     def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
         self.step, self.signum = step, signum
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step and trainer.global_rank == 0:
             os.kill(os.getpid(), self.signum)
 
 

@@ -51,8 +51,11 @@ def _cgroup_cpu_files() -> list[str]:
     files = []
     try:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):  # cgroup v2: the process's own group, then the root
-                files.append(f"/sys/fs/cgroup{line[3:].rstrip('/')}/cpu.max")
+            number, controllers, group = line.split(":", 2)
+            if number == "0" and not controllers:  # cgroup v2: the process's own group (then the root, below)
+                files.append(f"/sys/fs/cgroup{group.rstrip('/')}/cpu.max")
+            elif "cpu" in controllers.split(","):  # cgroup v1
+                files.append(f"/sys/fs/cgroup/{controllers}{group.rstrip('/')}/cpu.cfs_quota_us")
     except OSError:
         pass
     return files + ["/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"]

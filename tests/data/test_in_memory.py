@@ -26,3 +26,15 @@ def test_batches_are_normalised_on_transfer_and_augmented_only_in_training():
     out, labels = dm.on_after_batch_transfer((x, y), 0)  # no trainer: evaluation
     torch.testing.assert_close(out, (x.float() / 255 - 0.5) / 0.5)
     assert torch.equal(labels, y)
+
+
+def test_a_mid_epoch_position_of_another_number_of_processes_is_refused():
+    import pytest
+
+    from addernet.errors import ConfigError
+
+    dm = SyntheticDataModule(num_classes=3, image_size=8, train_size=8, test_size=8, batch_size=8)
+    dm.load_state_dict({"epoch": 2, "batches": 0, "processes": 4})  # the end of an epoch: any number will do
+    with pytest.raises(ConfigError, match="taken in the middle of an epoch by 2 training processes and this run "
+                                          "has 1: resume with as many"):
+        dm.load_state_dict({"epoch": 2, "batches": 3, "processes": 2})

@@ -75,7 +75,8 @@ DDP_RUN = ["trainer=ddp_sim", "logger=csv", "data=synthetic", "data.image_size=8
 
 def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     """trainer=ddp_sim through the training script: 2 processes (gloo), 3 batches of 16 each per epoch. One run
-    straight through; one stopped by a signal at step 4 (epoch 2, batch 1) and resumed with ckpt_path=last.
+    straight through; one stopped by a signal to rank 0 during step 5 (epoch 2, batch 2 of 3) and resumed with
+    ckpt_path=last.
     Each process takes its shard of the epoch's order and skips what it had trained, and the epoch's metric
     sums of both processes survive the resume: the same weights, bit for bit, and the same metrics."""
     import json
@@ -95,7 +96,7 @@ def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weig
     result = run_script("train.py", *DDP_RUN, *interrupt, f"hydra.run.dir={run}", cwd=tmp_path, env=env)
     assert result.returncode == 128 + signal.SIGUSR1, result.stderr[-3000:]
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 4 and saved["epoch"] == 1  # mid-epoch
+    assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch, on both ranks at the same step
     result = run_script("train.py", *DDP_RUN, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     final_whole, final_resumed = (weights(d / "checkpoints" / "last.ckpt") for d in (whole, run))

@@ -99,7 +99,8 @@ def test_eval_of_a_trained_checkpoint_matches_the_end_of_training(tmp_path):
 
 def test_a_cifar10_model_evaluated_on_imagenet_images_of_its_classes(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_script("train.py", *FAST, *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run_script("train.py", *FAST, *TINY, "data.image_size=32", "data.train_size=32", "trainer.max_epochs=1",
+                        f"hydra.run.dir={run_dir}", cwd=tmp_path)  # CIFAR-sized images
     assert result.returncode == 0, result.stderr[-3000:]
     imagenet = tmp_path / "imagenet"  # airliner, tabby cat, and the tench, which is none of CIFAR-10's classes
     write_image_folders(imagenet, {"val": 3}, classes=("n02690373", "n02123045", "n01440764"), size=(48, 40),

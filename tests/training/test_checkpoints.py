@@ -137,15 +137,19 @@ def grayscale_export(path: Path) -> Path:
 
 def test_predict_converts_images_to_the_models_channels_and_size_and_says_so(tmp_path):
     model = grayscale_export(tmp_path / "gray.int8.pt")
-    write_image_folders(tmp_path / "images", {"x": 2}, classes=("a",), size=(12, 10))  # RGB and other modes
+    write_image_folders(tmp_path / "images", {"x": 3}, classes=("a",), size=(12, 10))  # RGB, RGB, grayscale
     files = sorted(str(p) for p in (tmp_path / "images").rglob("*.png"))
     results, notes = predict(str(model), files)
     assert [file for file, _ in results] == files and all(name in "abc" for _, ((name, _),) in results)
-    assert notes == ["2 of 2 images converted to grayscale (the model's input: 1x28x28)",
-                     "2 of 2 images resized to 28x28 (the model's input: 1x28x28)"]
+    assert notes == ["2 of 3 images converted to grayscale (the model's input: 1x28x28)",
+                     "3 of 3 images resized to 28x28 (the model's input: 1x28x28)"]
     result = run_script("predict.py", str(model), *files, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "note: 2 of 2 images converted to grayscale" in result.stderr and len(result.stdout.splitlines()) == 2
+    assert "note: 2 of 3 images converted to grayscale" in result.stderr and len(result.stdout.splitlines()) == 3
+    with pytest.raises(ConfigError, match=r"cannot read image .*missing\.png .*: pass image files"):
+        predict(str(model), [str(tmp_path / "missing.png")])
+    with pytest.raises(ConfigError, match="--top must be at least 1"):
+        predict(str(model), files, top=0)
 
 
 def test_an_export_whose_layers_were_edited_is_refused(tmp_path):

@@ -47,10 +47,10 @@ def assert_same_ending(run, resumed, uninterrupted) -> None:
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(signum, uninterrupted, tmp_path):
     run = tmp_path / "interrupted"
     with pytest.raises(Interrupted) as stop:
-        train(compose_config(BASE + interrupt_at(8, int(signum)), run))  # epoch 2, batch 3 of 6
+        train(compose_config(BASE + interrupt_at(8, int(signum)), run))  # during step 9: epoch 2, batch 3 of 6
     assert stop.value.code == 128 + int(signum)
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 8 and saved["epoch"] == 1
+    assert saved["global_step"] == 9 and saved["epoch"] == 1  # the step was finished, then saved
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         resumed = train(compose_config(BASE + ["ckpt_path=last"], run))
@@ -83,10 +83,19 @@ def test_slurm_warning_signal_checkpoints_mid_epoch_requeues_and_resumes_exactly
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     for path in (run / "checkpoints" / "last.ckpt", run / "hpc_ckpt_1.ckpt"):
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        assert saved["global_step"] == 8 and saved["epoch"] == 1, path  # mid-epoch: batch 3 of 6
-    result = run_script("train.py", *BASE, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path, env=env)
+        assert saved["global_step"] == 9 and saved["epoch"] == 1, path  # mid-epoch: after batch 4 of 6
+    # the requeued job, as SLURM starts it again: same command, no ckpt_path: it finds its hpc checkpoint
+    result = run_script("train.py", *BASE, f"hydra.run.dir={run}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr and "hpc_ckpt_1.ckpt" in result.stdout + result.stderr
     assert_same_ending(run, json.loads((run / "metrics.json").read_text()), uninterrupted)
+
+
+def test_ckpt_path_hpc_without_a_requeue_checkpoint_is_one_line(tmp_path):
+    from addernet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ckpt_path=hpc: there is no hpc_ckpt_<N>\.ckpt in"):
+        train(compose_config(BASE + ["ckpt_path=hpc"], tmp_path))
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

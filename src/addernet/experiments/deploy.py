@@ -96,20 +96,23 @@ def predict(model_file: str, image_files: list[str], top: int = 1
     to its size (bilinear, aspect ratio not kept)."""
     from PIL import Image
 
-    from addernet.data.images import load_rgb
-
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
     model = quantized.load_exported(model_file)
     channels, height, width = model.info["input_size"]
     if channels not in (1, 3):
         raise ConfigError(f"{model_file} takes {channels}-channel images; predict reads 1-channel (grayscale) "
                           f"or 3-channel (RGB) files only: evaluate it with src/eval.py on its data instead")
+    mode = "L" if channels == 1 else "RGB"
     names = model.info.get("class_names") or [str(i) for i in range(model.num_classes)]
     results, converted, resized = [], 0, 0
     for file in image_files:
-        image = load_rgb(Path(file))  # any mode (palette, RGBA, 16-bit, CMYK) to RGB first
-        if channels == 1:
-            image = image.convert("L")
-            converted += 1
+        try:
+            with Image.open(file) as opened:
+                image = opened.convert(mode)  # any mode (palette, RGBA, 16-bit, CMYK) to the model's
+                converted += opened.mode != mode
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise ConfigError(f"cannot read image {file} ({err}): pass image files (PNG, JPEG, ...)") from None
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
             resized += 1
@@ -117,7 +120,8 @@ def predict(model_file: str, image_files: list[str], top: int = 1
         probs = model(model.normalize(pixels.permute(2, 0, 1)[None])).softmax(1)[0]
         best = probs.topk(min(top, len(probs)))
         results.append((file, [(names[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist())]))
+    kind = "grayscale" if channels == 1 else "RGB"
     notes = [f"{count} of {len(image_files)} images {what} (the model's input: {channels}x{height}x{width})"
-             for count, what in ((converted, "converted to grayscale"), (resized, f"resized to {width}x{height}"))
+             for count, what in ((converted, f"converted to {kind}"), (resized, f"resized to {width}x{height}"))
              if count]
     return results, notes

@@ -47,6 +47,8 @@ def run_job(cfg: DictConfig, task) -> dict[str, float]:
                 print(f"error: {user_error}", file=sys.stderr)
                 raise SystemExit(2) from None
             raise
+        if type(err).__module__.startswith("submitit"):  # submitit's own ending (out of requeues): its to report
+            raise
         log.exception("job failed; the sweep goes on")
         path = Path(cfg.paths.output_dir) / FAILURE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

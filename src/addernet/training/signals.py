@@ -10,8 +10,9 @@ Who handles what:
   ``last.ckpt``, then hands the signal to the handler that was there before it: on SLURM that is Lightning's
   requeue handler (``SLURMEnvironment(auto_requeue=True, requeue_signal=SIGUSR2)``, see :func:`cluster_plugins`),
   which writes its ``hpc_ckpt_N.ckpt`` and runs ``scontrol requeue``; in a job that submitit started
-  (``hydra/launcher=slurm``) it is submitit's, which requeues the job with its countdown. The requeued job
-  resumes from ``last.ckpt`` with ``ckpt_path=last`` (or from Lightning's hpc checkpoint without it).
+  (``hydra/launcher=slurm``) it is submitit's, which requeues the job with its countdown. The requeued job,
+  in the same run directory, resumes from ``last.ckpt`` with ``ckpt_path=last``, or from the hpc checkpoint
+  without it (:func:`addernet.experiments.run.resume_checkpoint`).
 
 Why a callback at all: Python runs a signal handler wherever the main thread is, so a checkpoint taken inside
 the handler (as Lightning's and submitit's would be) can fall between a step's optimizer update and its
@@ -32,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 REQUEUE_SIGNAL = signal.SIGUSR2  # what submitit asks SLURM to send (sbatch --signal=USR2@<seconds>)
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # in the run directory: what ckpt_path=last resumes
 
 
 class Interrupted(SystemExit):
@@ -46,8 +48,8 @@ def cluster_plugins() -> list:
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
-    folder = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else trainer.default_root_dir
-    return Path(folder) / "last.ckpt"
+    """Where ``ckpt_path=last`` looks: the run directory's ``checkpoints/last.ckpt``."""
+    return Path(trainer.default_root_dir) / LAST_CHECKPOINT
 
 
 class CheckpointOnSignal(pl.Callback):
@@ -64,6 +66,8 @@ class CheckpointOnSignal(pl.Callback):
         self._previous: dict = {}
 
     def _note(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:  # Ctrl-C twice: do not wait for the step
+            raise KeyboardInterrupt
         self.received = signum
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -72,11 +76,17 @@ class CheckpointOnSignal(pl.Callback):
             self._previous = {s: signal.signal(s, self._note) for s in self.DEFERRED}
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """A signal that came after the last training step gets the handling it would have had without us."""
+        received = self.received
         self._restore()
+        if received is not None:
+            signal.raise_signal(received)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
-        if isinstance(exception, SIGTERMException):  # Lightning stopped between two steps on SIGTERM
+        # Lightning stopped on SIGTERM; between two training steps only (an evaluation it stopped may hold
+        # recalibrated BatchNorm statistics and no position in the epoch): the last epoch's last.ckpt stays
+        if isinstance(exception, SIGTERMException) and trainer.training:
             self._save(trainer, signal.SIGTERM)
 
     def _restore(self) -> None:
@@ -86,12 +96,14 @@ class CheckpointOnSignal(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # one number for all ranks (the signal may reach one rank only): 0, or the highest signal received
-        received = int(trainer.strategy.reduce(torch.tensor(self.received or 0), reduce_op="max"))
+        mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
+        received = int(trainer.strategy.reduce(mine, reduce_op="max"))
         if not received:
             return
         signum = signal.Signals(received)
         previous = self._previous.get(signum)
         self._restore()
+        self.received = None
         self._save(trainer, signum)
         if signum != signal.SIGINT and callable(previous):  # a cluster's requeue handler, now at a safe point
             previous(int(signum), None)
