@@ -70,12 +70,12 @@ def test_two_process_ddp_ranks_agree_and_match_one_process_on_the_global_batch(t
 
 
 DDP_RUN = ["trainer=ddp_sim", "logger=csv", "data=synthetic", "data.image_size=8", "data.train_size=96",
-           "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=2", "trainer.deterministic=true"]
+           "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=1", "trainer.deterministic=true"]
 
 
 def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
-    """trainer=ddp_sim through the training script: 2 processes (gloo), 3 batches of 16 each per epoch. One run
-    straight through; one stopped by a signal to rank 0 during step 5 (epoch 2, batch 2 of 3) and resumed with
+    """trainer=ddp_sim through the training script: 2 processes (gloo), 3 batches of 16 each in its one epoch.
+    One run straight through; one stopped by a signal to rank 0 during step 2 (batch 2 of 3) and resumed with
     ckpt_path=last.
     Each process takes its shard of the epoch's order and skips what it had trained, and the epoch's metric
     sums of both processes survive the resume: the same weights, bit for bit, and the same metrics."""
@@ -91,17 +91,17 @@ def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weig
     result = run_script("train.py", *DDP_RUN, f"hydra.run.dir={whole}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
-    interrupt = ["+callbacks.interrupt._target_=reliability_helpers.SignalAtStep", "+callbacks.interrupt.step=4",
+    interrupt = ["+callbacks.interrupt._target_=reliability_helpers.SignalAtStep", "+callbacks.interrupt.step=1",
                  f"+callbacks.interrupt.signum={int(signal.SIGUSR1)}"]
     result = run_script("train.py", *DDP_RUN, *interrupt, f"hydra.run.dir={run}", cwd=tmp_path, env=env)
     assert result.returncode == 128 + signal.SIGUSR1, result.stderr[-3000:]
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch, on both ranks at the same step
+    assert saved["global_step"] == 2 and saved["epoch"] == 0  # mid-epoch, on both ranks at the same step
     result = run_script("train.py", *DDP_RUN, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     final_whole, final_resumed = (weights(d / "checkpoints" / "last.ckpt") for d in (whole, run))
     moved = [k for k, v in final_whole.items() if k.endswith("weight") and not torch.equal(v, saved["state_dict"][k])]
-    assert len(moved) > 40  # the resumed run trained on
+    assert len(moved) > 20  # the resumed run trained on
     for key, value in final_whole.items():
         torch.testing.assert_close(final_resumed[key], value, rtol=0, atol=0, msg=key)
     whole_metrics, resumed_metrics = (json.loads((d / "metrics.json").read_text()) for d in (whole, run))
