@@ -65,7 +65,7 @@ def configure_threads(setting: int | str | None, processes: int = 1) -> int:
     """Set the CPU threads of this process (PyTorch's intra-op pool, which the compiled kernels use too).
 
     ``auto``: every core this process may use (:func:`available_cores`), shared among the ``processes`` that
-    the job runs on this machine, at least 1. Not fewer on a busy machine: OpenMP threads sleep while they
+    the job runs on one computer, at least 1. Not fewer on a busy machine: OpenMP threads sleep while they
     wait (see :mod:`addernet`), so a thread that loses its core to another program delays the others without
     taking their time, and a run with every core is about as fast as one with the free cores only (``python
     src/bench.py --thread-policy`` measures both). An explicit number is taken as it is; ``OMP_NUM_THREADS``

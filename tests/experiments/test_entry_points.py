@@ -23,7 +23,7 @@ def test_documented_choices_run(choice, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("trainer.max_epochs=abc", "trainer.max_epochs must be an integer, got 'abc'"),
     ("ckpt_path=/nonexistent.ckpt", "ckpt_path=/nonexistent.ckpt: no such file"),
-    pytest.param("trainer=gpu", "PyTorch sees no CUDA GPU on this machine: use trainer=cpu",
+    pytest.param("trainer=gpu", "PyTorch sees no CUDA GPU: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
     ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
     ("threads=0", "threads must be a positive integer or auto, got 0"),

@@ -84,7 +84,7 @@ def check_device(cfg: DictConfig) -> None:
     """An accelerator asked for by name must be there: say so before Lightning fails with a bare message."""
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator") or "auto")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator}, but PyTorch sees no CUDA GPU on this machine: use "
+        raise ConfigError(f"trainer.accelerator={accelerator}, but PyTorch sees no CUDA GPU: use "
                           f"trainer=cpu, or trainer=default to take a GPU only where there is one")
     if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
         raise ConfigError("trainer=tpu needs torch_xla (a TPU machine); use trainer=default or trainer=cpu here")

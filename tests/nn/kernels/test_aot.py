@@ -1,4 +1,4 @@
-"""The Triton kernels compiled ahead of time for sm_90, on this machine, without a GPU (see
+"""The Triton kernels compiled ahead of time for sm_90 on a CPU-only computer, without a GPU (see
 addernet.nn.kernels.aot): every kernel and autotune config on each kind of adder layer must compile, not spill
 and keep its grid within CUDA's limits."""
 
