@@ -15,3 +15,9 @@ class ConfigError(UserError, ValueError):
 
 class ConfigTypeError(ConfigError, TypeError):
     """A setting of the wrong type (``trainer.max_epochs=abc``)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), for a one-line error that cites it."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from addernet.errors import ConfigError
+from addernet.errors import ConfigError, first_line
 from addernet.nn.kernels import int8
 from addernet.nn.layer import Adder2d
 from addernet.models import create_model
@@ -248,7 +248,7 @@ def load_exported(path: str | Path) -> DeployedModel:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (truncated or corrupted files raise many kinds)
         raise ConfigError(f"{path} cannot be read as an exported model ({type(err).__name__}: "
-                          f"{str(err)[:200]}): the file is damaged or is not an export; export it again") from None
+                          f"{first_line(err)}): the file is damaged or is not an export; export it again") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path} is not an {FORMAT} export (a training checkpoint? evaluate those with "
                           f"ckpt_path=, or export them with src/export.py)")
@@ -259,9 +259,9 @@ def load_exported(path: str | Path) -> DeployedModel:
         net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
         net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(f"{path}: its layers do not fit the model it names ({payload.get('model')}: "
-                          f"{type(err).__name__}: {first}): the file was edited or damaged; export it again") from None
+                          f"{type(err).__name__}: {first_line(err)}): the file was edited or damaged; "
+                          f"export it again") from None
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return DeployedModel(net, info).eval()
 

@@ -18,7 +18,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from addernet.errors import ConfigError
+from addernet.errors import ConfigError, first_line
 from addernet.models import create_model
 from addernet.deploy.quantized import FORMAT as EXPORT_FORMAT
 from addernet.training.classifier import CONFIG_KEY, INPUT_SIZE_KEY, ImageClassifier
@@ -62,7 +62,7 @@ def read_checkpoint(path: str | Path, where: str | None = None) -> dict:
                           f"from a file because loading them can run code: pass a checkpoint written by "
                           f"src/train.py") from None
     except Exception as err:  # noqa: BLE001  (truncated or corrupted files raise many kinds)
-        raise ConfigError(f"{where} cannot be read as a checkpoint ({type(err).__name__}: {_first_line(err)}): "
+        raise ConfigError(f"{where} cannot be read as a checkpoint ({type(err).__name__}: {first_line(err)}): "
                           f"the file is damaged or truncated, or not a PyTorch file; pass another checkpoint "
                           f"(best.ckpt or last.ckpt of the run)") from None
     if isinstance(checkpoint, dict) and checkpoint.get("format") == EXPORT_FORMAT:
@@ -76,11 +76,6 @@ def read_checkpoint(path: str | Path, where: str | None = None) -> dict:
         raise ConfigError(f"{where} was not written by addernet's src/train.py: it holds no {CONFIG_KEY!r} "
                           f"entry naming its model")
     return checkpoint
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
 
 
 def check_weights(net: nn.Module, state_dict: dict, where: str) -> None:
@@ -140,7 +135,7 @@ def check_images_fit(net: nn.Module, input_size: tuple[int, ...] | None, datamod
         with torch.no_grad():
             net.eval()(x)
     except (RuntimeError, ValueError) as err:  # convolution says RuntimeError, the adder layer ValueError
-        raise ConfigError(f"{where} cannot take {data}'s images of shape {_size(shape)} ({_first_line(err)}): "
+        raise ConfigError(f"{where} cannot take {data}'s images of shape {_size(shape)} ({first_line(err)}): "
                           f"use data of the kind it was trained on") from None
 
 
