@@ -5,9 +5,11 @@ import hydra
 from omegaconf import DictConfig
 
 from addernet.experiments.evaluation import evaluate
-from addernet.experiments.jobs import run_job
+from addernet.experiments.config_schema import register_schemas
+from addernet.experiments.jobs import run_entry_point, run_job
 
 dotenv.load_dotenv()
+register_schemas()  # the keys and types each config may hold
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
@@ -17,4 +19,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -9,9 +9,11 @@ import hydra
 from omegaconf import DictConfig
 
 from addernet.experiments.deploy import export
-from addernet.experiments.jobs import run_job
+from addernet.experiments.config_schema import register_schemas
+from addernet.experiments.jobs import run_entry_point, run_job
 
 dotenv.load_dotenv()
+register_schemas()  # the keys and types each config may hold
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
@@ -20,4 +22,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

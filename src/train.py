@@ -7,10 +7,12 @@ import hydra
 from omegaconf import DictConfig
 
 from addernet.experiments.sweep import register_sweep_resolver
-from addernet.experiments.jobs import run_job
+from addernet.experiments.config_schema import register_schemas
+from addernet.experiments.jobs import run_entry_point, run_job
 from addernet.experiments.run import train
 
 dotenv.load_dotenv()  # DATA_DIR, WANDB_* from .env
+register_schemas()  # the keys and types each config may hold
 register_sweep_resolver(Path(__file__).resolve().parents[1] / "sweeps")  # sweep=NAME reads sweeps/NAME.yaml
 
 
@@ -20,4 +22,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

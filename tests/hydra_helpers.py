@@ -12,11 +12,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from addernet.experiments.config_schema import register_schemas
 from addernet.experiments.sweep import register_sweep_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 register_sweep_resolver(ROOT / "sweeps")
+register_schemas()
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None, name: str = "train") -> DictConfig:

@@ -13,10 +13,6 @@ class ConfigError(UserError, ValueError):
     """A setting that cannot work (a wrong value, a missing checkpoint, a device that is not there)."""
 
 
-class ConfigTypeError(ConfigError, TypeError):
-    """A setting of the wrong type (``trainer.max_epochs=abc``)."""
-
-
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (at most 200 characters), for a one-line error that cites it."""
     lines = str(err).strip().splitlines()

@@ -21,7 +21,10 @@ def test_documented_choices_run(choice, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.max_epochs=abc", "trainer.max_epochs must be an integer, got 'abc'"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs=abc: Value 'abc' of type 'str' could not be converted to Int"),
+    ("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig'"),  # Hydra's composing, made one line
+    ("+trainer.foo=1", "trainer.foo is not a setting of TrainerConfig: remove +trainer.foo"),
+    ("model=nope", "Could not find 'model/nope': choose one of adder_lenet5_bn, "),
     ("ckpt_path=/nonexistent.ckpt", "ckpt_path=/nonexistent.ckpt: no such file"),
     pytest.param("trainer=gpu", "PyTorch sees no CUDA GPU: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
@@ -37,13 +40,18 @@ def test_a_mistake_is_one_line_with_status_2(override, message, tmp_path):
     assert "Traceback" not in output and "_target_" not in output  # no traceback, no config dump
 
 
-def test_the_traceback_is_there_when_asked_for(tmp_path):
+def test_every_entry_point_says_a_composing_error_in_one_line(tmp_path):
+    result = run_script("export.py", "ckpt_path=x.ckpt", "calibration.images=many", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("error: Error merging override calibration.images=many: Value 'many' of type "
+                                     "'str' could not be converted to Integer (`--cfg job` prints every setting)")
+
+
+@pytest.mark.parametrize("override", ["threads=0", "optimizer.lr=abc"])  # a job's error, Hydra's composing error
+def test_the_traceback_is_there_when_asked_for(override, tmp_path):
     import os
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        result = run_script("train.py", *TINY, "logger=csv", "threads=0", cwd=tmp_path, timeout=120)
-    finally:
-        del os.environ["HYDRA_FULL_ERROR"]
+    result = run_script("train.py", *TINY, "logger=csv", override, cwd=tmp_path, timeout=120,
+                        env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 

@@ -32,7 +32,7 @@ def test_wandb_offline_run_holds_metrics_adder_statistics_histograms_and_config(
     records = [json.loads(line) for line in (run_dir / HISTOGRAMS_FILE).read_text().splitlines()]
     assert {(r["epoch"], r["when"], r["kind"]) for r in records} == {
         (e, w, k) for e in (0, 1) for w in ("start", "end") for k in ("adder", "conv")}
-    assert (run_dir / "csv" / "metrics.csv").is_file()  # the local copy the report reads
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()  # the local copy the report reads
     with Image.open(run_dir / FEATURES_PLOT) as image:
         assert image.width > 300 and image.height > 300
 
@@ -93,7 +93,7 @@ def test_wandb_with_a_key_but_no_route_falls_back_to_offline_quickly(tmp_path, m
 
 
 def test_training_throughput_leaves_out_validation(tmp_path):
-    from addernet.experiments.report import CURVES_FILE, read_curves
+    from addernet.experiments.report import read_curves
     from addernet.experiments.run import train
     from hydra_helpers import compose_config
 
@@ -101,7 +101,7 @@ def test_training_throughput_leaves_out_validation(tmp_path):
     train(compose_config(["logger=csv", "run_name=test", "data=synthetic", "data.image_size=8", "data.train_size=64",
                           "data.test_size=32", "data.batch_size=32", "trainer=cpu", "trainer.max_epochs=1",
                           "recalibrate_bn=1", *slow], tmp_path))
-    curves = read_curves(tmp_path / CURVES_FILE)
+    curves = read_curves(tmp_path)
     (_, train_s), = curves["perf/train_seconds"]
     (_, val_s), = curves["perf/val_seconds"]
     (_, epoch_s), = curves["perf/epoch_seconds"]

@@ -18,7 +18,7 @@ def test_an_adder_network_learns_from_its_frozen_cnn_twin(tmp_path):
     """Distillation alone (distill.weight=1: no labels) moves the student toward its teacher: the KD loss falls
     from epoch to epoch, and the student agrees with the teacher on test images far more than before."""
     from addernet.data import SyntheticDataModule
-    from addernet.experiments.report import CURVES_FILE, read_curves
+    from addernet.experiments.report import read_curves
     from addernet.models import create_model
     from addernet.training.checkpoints import load_checkpoint_model
 
@@ -28,7 +28,7 @@ def test_an_adder_network_learns_from_its_frozen_cnn_twin(tmp_path):
     metrics = train(compose_config(TINY + [f"distill.teacher_ckpt={teacher_ckpt}", "distill.weight=1.0",
                                            "trainer.max_epochs=4"], tmp_path / "student"))
     assert 0 <= metrics["teacher/val_acc"] <= 1 and teacher_ckpt.read_bytes() == before  # frozen, untouched
-    kd = [v for _, v in read_curves(tmp_path / "student" / CURVES_FILE)["train/kd_loss"]]
+    kd = [v for _, v in read_curves(tmp_path / "student")["train/kd_loss"]]
     assert len(kd) == 4 and kd[-1] < 0.7 * kd[0], kd
     data = SyntheticDataModule(image_size=8, train_size=64, test_size=32, batch_size=32)
     data.setup()

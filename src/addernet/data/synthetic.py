@@ -23,9 +23,11 @@ def make_images(num: int, prototypes: torch.Tensor, noise: float, gen: torch.Gen
 
 class SyntheticDataModule(InMemoryDataModule):
     def __init__(self, num_classes: int = 10, image_size: int = 32, channels: int = 3, train_size: int = 5000,
-                 test_size: int = 1000, noise: float = 0.2, seed: int = 0, **kwargs):
-        kwargs.setdefault("crop_padding", max(1, image_size // 8))
-        super().__init__(seed=seed, **kwargs)
+                 test_size: int = 1000, noise: float = 0.2, seed: int = 0, crop_padding: int | None = None,
+                 **kwargs):
+        # crop_padding None: an eighth of the image, as CIFAR's 4 pixels of 32
+        padding = max(1, image_size // 8) if crop_padding is None else crop_padding
+        super().__init__(seed=seed, crop_padding=padding, **kwargs)
         if num_classes < 2 or image_size < 4 or channels < 1 or train_size < 1 or test_size < 1:
             raise ValueError("synthetic data needs num_classes >= 2, image_size >= 4, channels >= 1 and "
                              "positive train_size and test_size")

@@ -8,12 +8,17 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from addernet.errors import ConfigError, UserError
+from addernet.errors import ConfigError, UserError, first_line
+from addernet.experiments.config_schema import check_keys
 from addernet.system import configure_threads
 
 log = logging.getLogger(__name__)
@@ -32,28 +37,80 @@ def user_error_in(err: BaseException) -> UserError | None:
     return None
 
 
+FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's switch: raise errors with their traceback instead of printing them
+_entry_point: dict = {"user_full_error": None, "job_error": None}
+
+
+def run_entry_point(main: Callable[[], object]) -> None:
+    """Call a ``@hydra.main`` function. A config Hydra cannot compose (a misspelt key or group choice, a value of
+    the wrong type, a malformed override) is one ``error:`` line and exit status 2, like every other mistake;
+    Hydra itself prints several lines and exits with 1. For that, Hydra is told to raise (its documented
+    ``HYDRA_FULL_ERROR=1``) until a job starts; the job runs under the user's own setting."""
+    _entry_point["user_full_error"] = os.environ.get(FULL_ERROR)
+    if _entry_point["user_full_error"] == "1":
+        main()
+        return
+    os.environ[FULL_ERROR] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if err is _entry_point["job_error"]:  # from inside the job: not Hydra's composing
+            raise
+        print(f"error: {composition_error(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def composition_error(err: BaseException) -> str:
+    """One line from Hydra's message: what is wrong, the OmegaConf error behind it, and the choices of a group."""
+    if isinstance(err, MissingConfigException) and err.options:
+        return f"{first_line(err).split(': ', 1)[-1]}: choose one of {', '.join(err.options)}"
+    hints = [line.strip() for line in str(err).splitlines()[1:]
+             if line.strip() and not line.startswith("To append")]  # a schema's node takes no new key
+    cause = f": {first_line(err.__cause__)}" if err.__cause__ is not None else ""
+    return " ".join([first_line(err).rstrip(".") + cause, *hints]) + (
+        " (`--cfg job` prints every setting)" if cause else "")
+
+
+@contextmanager
+def user_error_setting():
+    """While a job runs: the user's own ``HYDRA_FULL_ERROR`` (processes the job starts inherit it)."""
+    composing = os.environ.get(FULL_ERROR)
+    if _entry_point["user_full_error"] is None:
+        os.environ.pop(FULL_ERROR, None)
+    else:
+        os.environ[FULL_ERROR] = _entry_point["user_full_error"]
+    try:
+        yield
+    finally:  # a sweep composes its next job after this one
+        if composing is not None:
+            os.environ[FULL_ERROR] = composing
+
+
 def run_job(cfg: DictConfig, task) -> dict[str, float]:
     """Run ``task(cfg)``. A user's mistake is one line on stderr and exit status 2 (``HYDRA_FULL_ERROR=1`` shows the
     traceback); in a multirun a job that raises is recorded as failed and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    try:
-        return task(cfg)
-    except Exception as err:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            user_error = user_error_in(err)
-            if user_error is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
-                print(f"error: {user_error}", file=sys.stderr)
-                raise SystemExit(2) from None
-            raise
-        if type(err).__module__.startswith("submitit"):  # submitit's own ending (out of requeues): its to report
-            raise
-        log.exception("job failed; the sweep goes on")
-        path = Path(cfg.paths.output_dir) / FAILURE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}, indent=2))
-        return {}
+    with user_error_setting():
+        try:
+            check_keys(cfg)
+            return task(cfg)
+        except Exception as err:
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                user_error = user_error_in(err)
+                if user_error is not None and os.environ.get(FULL_ERROR) != "1":
+                    print(f"error: {user_error}", file=sys.stderr)
+                    raise SystemExit(2) from None
+                _entry_point["job_error"] = err
+                raise
+            if type(err).__module__.startswith("submitit"):  # submitit's own ending (out of requeues)
+                raise
+            log.exception("job failed; the sweep goes on")
+            path = Path(cfg.paths.output_dir) / FAILURE_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}, indent=2))
+            return {}
 
 
 def numbers(metrics: dict) -> dict[str, float]:

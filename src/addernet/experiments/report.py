@@ -1,7 +1,7 @@
 """A local report of finished runs, offline, from the files every run writes (no W&B needed).
 
 A run directory holds ``.hydra/overrides.yaml`` (what was set), ``metrics.json`` (final numbers),
-``csv/metrics.csv`` (the CSV logger's curves; ``logger=wandb`` and ``logger=csv`` both write it) and
+``csv/version_<N>/metrics.csv`` (Lightning's CSV logger; ``logger=wandb`` and ``logger=csv`` both write it) and
 ``weight_histograms.jsonl`` (from :class:`addernet.training.callbacks.AdderTracker`). Runs that differ only in ``seed``
 form one setting: the table gives the mean and standard deviation over seeds.
 """
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from addernet.training.callbacks import HISTOGRAMS_FILE
 from addernet.experiments.jobs import FAILURE_FILE, METRICS_FILE
 
-CURVES_FILE = Path("csv") / "metrics.csv"
+CURVES_DIR = "csv"  # Lightning's CSVLogger writes <run>/csv/version_<N>/metrics.csv, a new N each time the run starts
 IGNORED_OVERRIDES = ("seed", "hydra.", "sweep=", "sweep_name=")
 
 
@@ -43,20 +43,41 @@ def read_run(path: Path) -> Run:
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     failure = path / FAILURE_FILE
     error = json.loads(failure.read_text())["error"] if failure.is_file() else None
-    return Run(path, overrides, metrics, error=error, curves=read_curves(path / CURVES_FILE))
+    return Run(path, overrides, metrics, error=error, curves=read_curves(path))
 
 
-def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """A run's logged metrics: metric -> [(epoch, value)], in the order they were logged."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    if not path.is_file():
-        return curves
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = int(float(row.get("epoch") or 0))
-            for key, value in row.items():
-                if key not in ("epoch", "step") and value not in ("", None):
-                    curves.setdefault(key, []).append((epoch, float(value)))
+    for row in curve_rows(run_dir):
+        epoch = int(float(row.get("epoch") or 0))
+        for key, value in row.items():
+            if key not in ("epoch", "step") and value not in ("", None):
+                curves.setdefault(key, []).append((epoch, float(value)))
     return curves
+
+
+def curve_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's ``metrics.csv`` files, one history. Each start of the run (a resume, or a new run in the
+    same directory) writes a new ``version_<N>``, and its rows replace the earlier ones from its first step on: a
+    resumed run logs the steps after its checkpoint again, and a new run starts at step 0. The files stay as
+    they were written."""
+    versions = sorted((p for p in (run_dir / CURVES_DIR).glob("version_*/metrics.csv")
+                       if p.parent.name.removeprefix("version_").isdigit()),
+                      key=lambda p: int(p.parent.name.removeprefix("version_")))
+    rows: list[dict[str, str]] = []
+    for path in versions:
+        with open(path, newline="") as f:
+            logged = list(csv.DictReader(f))
+        steps = [_step(r) for r in logged if r.get("step")]
+        if steps:
+            rows = [r for r in rows if not r.get("step") or _step(r) < min(steps)]
+        rows += logged
+    return rows
+
+
+def _step(row: dict[str, str]) -> int:
+    return int(float(row["step"]))
 
 
 def find_runs(paths: list[Path]) -> list[Run]:

@@ -18,13 +18,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from addernet.data.in_memory import InMemoryDataModule
-from addernet.errors import ConfigError, ConfigTypeError
+from addernet.errors import ConfigError
 from addernet.experiments.jobs import METRICS_FILE, check_device, numbers, use_threads, write_metrics
 from addernet.experiments.wandb_setup import finish_wandb, prepare_wandb
 from addernet.nn.kernels import set_backend
 from addernet.training.checkpoints import AtomicCheckpointIO, check_weights, read_checkpoint
 from addernet.training.classifier import CONFIG_KEY, ImageClassifier
-from addernet.training.csv_logger import ResumableCSVLogger
 from addernet.training.distillation import load_teacher
 from addernet.training.nonfinite import NonFiniteGuard
 from addernet.training.signals import LAST_CHECKPOINT, CheckpointOnSignal, Interrupted, cluster_plugins
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns (and writes to ``metrics.json``) the final metrics."""
-    check_types(cfg)
     check_device(cfg)
     resume, resumed_state = resume_checkpoint(cfg)
     use_threads(cfg)
@@ -50,16 +48,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         adalr=instantiate(cfg.adalr), run_config=OmegaConf.to_container(cfg, resolve=True),
         teacher=load_teacher(distill.get("teacher_ckpt"), datamodule),
         kd_temperature=float(distill.get("temperature", 4.0)), kd_weight=float(distill.get("weight", 0.5)))
-    resumed_step = None
     if resumed_state is not None:  # before Lightning loads it: the weights must fit the model, or one clear line
         check_weights(net, resumed_state["state_dict"], f"the checkpoint {resume}")
-        resumed_step, resumed_state = int(resumed_state.get("global_step", 0)), None
+        resumed_state = None
     if "wandb" in (cfg.get("logger") or {}):
         prepare_wandb(Path(cfg.paths.output_dir))
     loggers = _instantiate_dict(cfg.get("logger"))
-    for logger in loggers:
-        if resumed_step is not None and isinstance(logger, ResumableCSVLogger):
-            logger.continue_from(resumed_step)
     callbacks = [c for c in _instantiate_dict(cfg.get("callbacks"))
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it needs a logger to write to
     callbacks += [CheckpointOnSignal(), NonFiniteGuard(cfg.get("nonfinite", "stop"))]
@@ -115,23 +109,6 @@ def print_config(cfg: DictConfig) -> None:
 
 def _instantiate_dict(section: DictConfig | None) -> list:
     return [instantiate(c) for c in (section or {}).values() if c is not None and "_target_" in c]
-
-
-# settings whose type a typo in an override would otherwise only reveal deep inside a library
-TYPED_SETTINGS = {"seed": int, "trainer.max_epochs": int, "trainer.accumulate_grad_batches": int,
-                  "data.batch_size": int, "data.num_workers": int, "optimizer.lr": float,
-                  "optimizer.momentum": float, "optimizer.weight_decay": float, "adalr.eta": float}
-
-
-def check_types(cfg: DictConfig) -> None:
-    for key, kind in TYPED_SETTINGS.items():
-        value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        allowed = (int, float) if kind is float else (int,)
-        if isinstance(value, bool) or not isinstance(value, allowed):
-            raise ConfigTypeError(f"{key} must be {'a number' if kind is float else 'an integer'}, got {value!r} "
-                                  f"({type(value).__name__}): fix the override {key}=...")
 
 
 def resume_checkpoint(cfg: DictConfig) -> tuple[Path | None, dict | None]:
