@@ -15,7 +15,7 @@ from addernet.errors import ConfigError
 from addernet.experiments.config_schema import check_keys, config_type, signature_schema
 from hydra_helpers import CONF, compose_config
 
-SCHEMA_GROUPS = ["model", "data", "trainer", "optimizer", "scheduler", "adalr"]
+SCHEMA_GROUPS = ["model", "data", "trainer", "optimizer", "scheduler", "adalr", "distill"]
 
 
 @pytest.mark.parametrize("annotation, expected", [
@@ -40,9 +40,18 @@ def test_every_choice_of_a_group_has_the_schema_of_what_it_builds(group, choice)
     node = cfg[group]
     schema = OmegaConf.get_type(node)
     assert dataclasses.is_dataclass(schema), f"conf/{group}/{choice}.yaml names no schema in its defaults"
-    built = get_object(node._target_)
-    assert built is get_object(schema.__dataclass_fields__["_target_"].default), \
-        f"conf/{group}/{choice}.yaml builds {node._target_} with the schema of another target"
+    if group == "model":
+        assert schema.__name__ == ("AdderModelConfig" if choice.startswith("adder_") else "ModelConfig"), choice
+    if "_target_" in schema.__dataclass_fields__:
+        assert get_object(node._target_) is get_object(schema.__dataclass_fields__["_target_"].default), \
+            f"conf/{group}/{choice}.yaml builds {node._target_} with the schema of another target"
+
+
+def test_a_required_setting_left_unset_is_named():
+    with pytest.raises(ConfigError, match=r"^ckpt_path is required: add ckpt_path=\.\.\. to the command$"):
+        check_keys(compose_config(["data=synthetic"], name="eval"))
+    with pytest.raises(ConfigError, match="distill.teacher_ckpt is required"):
+        check_keys(compose_config(["experiment=cifar10_resnet20_kd"]))
 
 
 def test_a_key_added_to_a_node_with_a_schema_is_refused():

@@ -21,10 +21,7 @@ def test_documented_choices_run(choice, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.max_epochs=abc", "trainer.max_epochs=abc: Value 'abc' of type 'str' could not be converted to Int"),
-    ("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig'"),  # Hydra's composing, made one line
     ("+trainer.foo=1", "trainer.foo is not a setting of TrainerConfig: remove +trainer.foo"),
-    ("model=nope", "Could not find 'model/nope': choose one of adder_lenet5_bn, "),
     ("ckpt_path=/nonexistent.ckpt", "ckpt_path=/nonexistent.ckpt: no such file"),
     pytest.param("trainer=gpu", "PyTorch sees no CUDA GPU: use trainer=cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")),
@@ -38,6 +35,19 @@ def test_a_mistake_is_one_line_with_status_2(override, message, tmp_path):
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "Traceback" not in output and "_target_" not in output  # no traceback, no config dump
+
+
+@pytest.mark.parametrize("override, message", [  # Hydra's composing errors, made one line
+    ("trainer.max_epochs=abc", "trainer.max_epochs=abc: Value 'abc' of type 'str' could not be converted to Int"),
+    ("optimizer.lrr=0.1", "Key 'lrr' not in 'SGDConfig'"),
+    ("model=nope", "Could not find 'model/nope': choose one of adder_lenet5_bn, "),
+    ("scheduler=null", "the config cannot be composed: ValueError: Config group override must be a string"),
+])
+def test_a_config_hydra_cannot_compose_is_one_line_with_status_2(override, message, tmp_path):
+    result = run_script("train.py", *TINY, override, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert message in result.stderr
 
 
 def test_every_entry_point_says_a_composing_error_in_one_line(tmp_path):

@@ -59,7 +59,7 @@ def test_a_teacher_of_other_classes_or_images_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="has 4 classes but the data has 10"):
         train(compose_config(TINY + [f"distill.teacher_ckpt={tmp_path / 'four/checkpoints/best.ckpt'}"],
                              tmp_path / "student"))
-    train(compose_config(TINY + ["model=resnet20", "+model.in_channels=1", "data.channels=1"], tmp_path / "gray"))
+    train(compose_config(TINY + ["model=resnet20", "model.in_channels=1", "data.channels=1"], tmp_path / "gray"))
     with pytest.raises(ConfigError, match="trained on 1-channel 8x8 images, but SyntheticDataModule serves 3-channel"):
         train(compose_config(TINY + [f"distill.teacher_ckpt={tmp_path / 'gray/checkpoints/best.ckpt'}"],
                              tmp_path / "student2"))

@@ -96,16 +96,18 @@ class ModelConfig:
     _target_: str = "addernet.models.create_model"
     name: str = MISSING  # a registered model (addernet.models.list_models())
     init: str = "kaiming"  # kaiming (convolutions Kaiming-normal) or pytorch (PyTorch's default)
+    in_channels: Optional[int] = None  # image channels; None: the model's own (1 for LeNet, 3 for the others)
 
 
 @dataclass
 class AdderModelConfig(ModelConfig):
     weight_grad: str = "full"  # full (the paper) or sign (the true derivative)
+    backend: Optional[str] = None  # the adder layers' kernels; None: adder_backend= decides
 
 
 @dataclass
 class DistillConfig:
-    teacher_ckpt: Optional[str] = None
+    teacher_ckpt: Optional[str] = MISSING  # the choice of the distill group sets it (null, or required)
     temperature: float = 4.0
     weight: float = 0.5
 
@@ -132,7 +134,7 @@ class TrainConfig:
     ckpt_path: Optional[str] = None
     nonfinite: str = "stop"
     test_after_fit: bool = True
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: Any = MISSING
     print_config: bool = False
     next_step: Optional[str] = None
 
@@ -172,8 +174,13 @@ class ExportConfig:
 
 
 def check_keys(cfg: DictConfig, path: str = "") -> None:
-    """Refuse a key added with ``+key=value`` to a node that has a schema: Hydra lets ``+`` add any key, and the
-    class it configures would only fail deep inside with an unexpected keyword argument."""
+    """Refuse a required setting left unset (``???``), and a key added with ``+key=value`` to a node that has a
+    schema: Hydra lets ``+`` add any key, and the class it configures would only fail deep inside with an
+    unexpected keyword argument."""
+    if not path:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{missing[0]} is required: add {missing[0]}=... to the command")
     schema = OmegaConf.get_type(cfg)
     if dataclasses.is_dataclass(schema):
         allowed = {f.name for f in dataclasses.fields(schema)}
@@ -193,6 +200,7 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for name, node in {"train": TrainConfig, "eval": EvalConfig, "export": ExportConfig}.items():
         store.store(group="schema", name=name, node=node)
+    store.store(group="schema", name="distill", node=DistillConfig)
     store.store(group="schema/model", name="model", node=ModelConfig)
     store.store(group="schema/model", name="adder_model", node=AdderModelConfig)
     for name, module in {"cifar10": data.CIFAR10DataModule, "cifar100": data.CIFAR100DataModule,

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from addernet.errors import ConfigError, UserError, first_line
-from addernet.experiments.config_schema import check_keys
 from addernet.system import configure_threads
 
 log = logging.getLogger(__name__)
@@ -38,14 +37,14 @@ def user_error_in(err: BaseException) -> UserError | None:
 
 
 FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra's switch: raise errors with their traceback instead of printing them
-_entry_point: dict = {"user_full_error": None, "job_error": None}
+_entry_point: dict = {"user_full_error": None, "in_job": False}
 
 
 def run_entry_point(main: Callable[[], object]) -> None:
     """Call a ``@hydra.main`` function. A config Hydra cannot compose (a misspelt key or group choice, a value of
     the wrong type, a malformed override) is one ``error:`` line and exit status 2, like every other mistake;
     Hydra itself prints several lines and exits with 1. For that, Hydra is told to raise (its documented
-    ``HYDRA_FULL_ERROR=1``) until a job starts; the job runs under the user's own setting."""
+    ``HYDRA_FULL_ERROR=1``) while it composes; each job runs under the user's own setting."""
     _entry_point["user_full_error"] = os.environ.get(FULL_ERROR)
     if _entry_point["user_full_error"] == "1":
         main()
@@ -53,8 +52,8 @@ def run_entry_point(main: Callable[[], object]) -> None:
     os.environ[FULL_ERROR] = "1"
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as err:
-        if err is _entry_point["job_error"]:  # from inside the job: not Hydra's composing
+    except Exception as err:
+        if _entry_point["in_job"]:  # a job's own error, raised under the user's setting: not composing
             raise
         print(f"error: {composition_error(err)}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -64,8 +63,10 @@ def composition_error(err: BaseException) -> str:
     """One line from Hydra's message: what is wrong, the OmegaConf error behind it, and the choices of a group."""
     if isinstance(err, MissingConfigException) and err.options:
         return f"{first_line(err).split(': ', 1)[-1]}: choose one of {', '.join(err.options)}"
-    hints = [line.strip() for line in str(err).splitlines()[1:]
-             if line.strip() and not line.startswith("To append")]  # a schema's node takes no new key
+    if not isinstance(err, (HydraException, OmegaConfBaseException)):
+        return f"the config cannot be composed: {type(err).__name__}: {first_line(err)}"
+    hints = [line.strip() for line in str(err).splitlines()[1:]  # Hydra's hints, not OmegaConf's key dump
+             if line.strip() and not line.startswith(("To append", "    "))]
     cause = f": {first_line(err.__cause__)}" if err.__cause__ is not None else ""
     return " ".join([first_line(err).rstrip(".") + cause, *hints]) + (
         " (`--cfg job` prints every setting)" if cause else "")
@@ -73,17 +74,18 @@ def composition_error(err: BaseException) -> str:
 
 @contextmanager
 def user_error_setting():
-    """While a job runs: the user's own ``HYDRA_FULL_ERROR`` (processes the job starts inherit it)."""
+    """While a job runs: the user's own ``HYDRA_FULL_ERROR`` (processes the job starts inherit it). A job that
+    raises leaves it so, for Hydra's own report of the error; one that returns hands the composing back."""
     composing = os.environ.get(FULL_ERROR)
     if _entry_point["user_full_error"] is None:
         os.environ.pop(FULL_ERROR, None)
     else:
         os.environ[FULL_ERROR] = _entry_point["user_full_error"]
-    try:
-        yield
-    finally:  # a sweep composes its next job after this one
-        if composing is not None:
-            os.environ[FULL_ERROR] = composing
+    _entry_point["in_job"] = True
+    yield
+    _entry_point["in_job"] = False  # a sweep composes its next job now
+    if composing is not None:
+        os.environ[FULL_ERROR] = composing
 
 
 def run_job(cfg: DictConfig, task) -> dict[str, float]:
@@ -91,6 +93,8 @@ def run_job(cfg: DictConfig, task) -> dict[str, float]:
     traceback); in a multirun a job that raises is recorded as failed and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from addernet.experiments.config_schema import check_keys  # (Lightning, data modules: not for the report)
 
     with user_error_setting():
         try:

@@ -15,12 +15,14 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from addernet.training.callbacks import HISTOGRAMS_FILE
 from addernet.experiments.jobs import FAILURE_FILE, METRICS_FILE
 
 CURVES_DIR = "csv"  # Lightning's CSVLogger writes <run>/csv/version_<N>/metrics.csv, a new N each time the run starts
+VERSION_START_FILE = "start.json"  # in each version_<N>: the global step that start of the run began at
 IGNORED_OVERRIDES = ("seed", "hydra.", "sweep=", "sweep_name=")
 
 
@@ -59,21 +61,38 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def curve_rows(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's ``metrics.csv`` files, one history. Each start of the run (a resume, or a new run in the
-    same directory) writes a new ``version_<N>``, and its rows replace the earlier ones from its first step on: a
-    resumed run logs the steps after its checkpoint again, and a new run starts at step 0. The files stay as
-    they were written."""
-    versions = sorted((p for p in (run_dir / CURVES_DIR).glob("version_*/metrics.csv")
-                       if p.parent.name.removeprefix("version_").isdigit()),
-                      key=lambda p: int(p.parent.name.removeprefix("version_")))
-    rows: list[dict[str, str]] = []
-    for path in versions:
-        with open(path, newline="") as f:
-            logged = list(csv.DictReader(f))
-        steps = [_step(r) for r in logged if r.get("step")]
-        if steps:
-            rows = [r for r in rows if not r.get("step") or _step(r) < min(steps)]
+    same directory) writes a new ``version_<N>`` and records the step it started from (``start.json``: the
+    checkpoint's step, 0 for a new run); its rows replace the earlier versions' rows from that step on. A
+    ``csv/metrics.csv`` of older versions of this code comes first. The files stay as they were written."""
+    csv_dir = run_dir / CURVES_DIR
+    versions = sorted((p for p in csv_dir.glob("version_*") if p.name.removeprefix("version_").isdigit()),
+                      key=lambda p: int(p.name.removeprefix("version_")))
+    rows = _read_rows(csv_dir / "metrics.csv")
+    for version in versions:
+        logged = _read_rows(version / "metrics.csv")
+        start_file = version / VERSION_START_FILE
+        if start_file.is_file():
+            start = int(json.loads(start_file.read_text())["step"])
+        else:  # written by hand, or the run died before it logged its start: its first step
+            start = min((_step(r) for r in logged if r.get("step")), default=None)
+        if start is not None:
+            rows = [r for r in rows if r.get("step") and _step(r) < start]
         rows += logged
     return rows
+
+
+def mark_version_start(version_dir: Path, step: int) -> None:
+    """Record that the run logging to ``version_dir`` started at global step ``step`` (see :func:`curve_rows`)."""
+    if rank_zero_only.rank == 0:
+        version_dir.mkdir(parents=True, exist_ok=True)
+        (version_dir / VERSION_START_FILE).write_text(json.dumps({"step": step}))
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _step(row: dict[str, str]) -> int:

@@ -13,12 +13,14 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from addernet.data.in_memory import InMemoryDataModule
 from addernet.errors import ConfigError
+from addernet.experiments.report import mark_version_start
 from addernet.experiments.jobs import METRICS_FILE, check_device, numbers, use_threads, write_metrics
 from addernet.experiments.wandb_setup import finish_wandb, prepare_wandb
 from addernet.nn.kernels import set_backend
@@ -48,9 +50,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         adalr=instantiate(cfg.adalr), run_config=OmegaConf.to_container(cfg, resolve=True),
         teacher=load_teacher(distill.get("teacher_ckpt"), datamodule),
         kd_temperature=float(distill.get("temperature", 4.0)), kd_weight=float(distill.get("weight", 0.5)))
+    start_step = 0
     if resumed_state is not None:  # before Lightning loads it: the weights must fit the model, or one clear line
         check_weights(net, resumed_state["state_dict"], f"the checkpoint {resume}")
-        resumed_state = None
+        start_step, resumed_state = int(resumed_state.get("global_step", 0)), None
     if "wandb" in (cfg.get("logger") or {}):
         prepare_wandb(Path(cfg.paths.output_dir))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -61,6 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                       plugins=[AtomicCheckpointIO(), *cluster_plugins()])
     for logger in trainer.loggers:  # the resolved config, nested, for comparing runs
         logger.log_hyperparams(module.run_config)
+        if isinstance(logger, CSVLogger):
+            mark_version_start(Path(logger.log_dir), start_step)
     start = time.perf_counter()
     with warnings.catch_warnings():
         if isinstance(datamodule, InMemoryDataModule):  # it does resume mid-epoch, through its own state

@@ -27,7 +27,8 @@ def is_adder_model(name: str) -> bool:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; keyword options go to its builder (``num_classes``, ``weight_grad``...)."""
+    """Build a registered model; keyword options go to its builder (``num_classes``, ``weight_grad``...). An option
+    given as None takes the builder's default (the configs' way of leaving one unset)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    return _MODELS[name](**{k: v for k, v in kwargs.items() if v is not None})
