@@ -169,13 +169,22 @@ def calibrate(model: nn.Module, batches, percentile: float = DEFAULT_PERCENTILE,
     for name, adder in adders.items():
         if not seen[name]:
             raise ConfigError("calibration saw no images: pass at least one batch")
-        x = torch.cat(seen[name])[:samples_per_layer]
-        q = torch.tensor([(100 - percentile) / 100, percentile / 100])
-        x_lo, x_hi = torch.quantile(x, q).tolist()
-        lo, hi = min(x_lo, 0.0), max(x_hi, 0.0)  # 0 (padding) is on the grid; filters are clipped exactly
-        scale = (hi - lo) / 255 if hi > lo else 1.0
-        params[name] = (scale, int(min(255, max(0, round(-lo / scale)))))
+        params[name] = grid_for(torch.cat(seen[name])[:samples_per_layer], percentile)
     return params
+
+
+def grid_for(values: torch.Tensor, percentile: float = DEFAULT_PERCENTILE, samples: int = 2_000_000
+             ) -> tuple[float, int]:
+    """(scale, zero point) of the 8-bit grid over the central ``percentile`` range of ``values``, widened to
+    hold 0 (padding, and ReLU's floor, fall on the grid)."""
+    values = values.flatten().float()
+    if values.numel() > samples:  # torch.quantile's limit, and enough for a percentile
+        values = values[torch.randint(values.numel(), (samples,), generator=torch.Generator().manual_seed(0))]
+    q = torch.tensor([(100 - percentile) / 100, percentile / 100])
+    x_lo, x_hi = torch.quantile(values, q).tolist()
+    lo, hi = min(x_lo, 0.0), max(x_hi, 0.0)
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    return scale, int(min(255, max(0, round(-lo / scale))))
 
 
 def quantize_model(model: nn.Module, params: dict[str, tuple[float, int]]) -> nn.Module:

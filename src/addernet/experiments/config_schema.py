@@ -164,6 +164,7 @@ class ExportConfig:
     seed: int = 42
     ckpt_path: str = MISSING
     quantize: str = "int8"
+    format: str = "pt"
     out: Optional[str] = None
     overwrite: bool = False
     data_root: Optional[str] = None

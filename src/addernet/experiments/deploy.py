@@ -14,7 +14,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from addernet.deploy import quantized
+from addernet.deploy import c_export, integer, quantized
 from addernet.errors import ConfigError
 from addernet.nn.kernels import int8
 from addernet.experiments.jobs import use_threads
@@ -22,6 +22,7 @@ from addernet.training.checkpoints import load_checkpoint_model
 
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8",)
+FORMATS = ("pt", "c")  # one file for PyTorch, or a C project (addernet.deploy.c_export)
 
 
 def checkpoint_data(config: dict, cfg: DictConfig):
@@ -53,21 +54,28 @@ def test_accuracy(model: torch.nn.Module, datamodule) -> tuple[float, int, float
 
 
 def export(cfg: DictConfig) -> dict:
-    """Quantise ``cfg.ckpt_path`` and write it to ``cfg.out`` (default: beside it, ``<stem>.int8.pt``)."""
+    """Quantise ``cfg.ckpt_path`` and write it to ``cfg.out``: ``format=pt`` one file (default: beside the
+    checkpoint, ``<stem>.int8.pt``), ``format=c`` a C project (default ``<stem>.c/``)."""
     if cfg.quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantize={cfg.quantize} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format} is not supported; choose one of {', '.join(FORMATS)}")
     use_threads(cfg)
     module, config = load_checkpoint_model(cfg.ckpt_path)
     net = module.net.eval()
     if not quantized.adder_bn_pairs(net):
         raise ConfigError(f"{cfg.ckpt_path} holds {config['model']['name']}, which has no adder layers: int8 export "
                           f"is for adder networks")
-    out = Path(cfg.out).expanduser() if cfg.get("out") else Path(cfg.ckpt_path).expanduser().with_suffix(".int8.pt")
-    if out.exists() and not cfg.get("overwrite"):
-        raise ConfigError(f"{out} exists: pass out=<another file>, or overwrite=true to replace it")
+    suffix = ".int8.pt" if cfg.format == "pt" else ".c"
+    out = Path(cfg.out).expanduser() if cfg.get("out") else Path(cfg.ckpt_path).expanduser().with_suffix(suffix)
+    if out.exists() and not cfg.get("overwrite") and (out.is_file() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists: pass out=<another {'file' if cfg.format == 'pt' else 'directory'}>, or "
+                          f"overwrite=true to replace it")
     datamodule = checkpoint_data(config, cfg)
     images = int(cfg.calibration.images)
     loader = datamodule.calibration_loader(max(1, -(-images // int(cfg.batch_size))))
+    if cfg.format == "c":
+        return export_c(cfg, net, config, datamodule, loader, out)
     params = quantized.calibrate(net, (x for x, _ in _batches(datamodule, loader)), float(cfg.calibration.percentile))
     int8_net = quantized.quantize_model(net, params)
     metadata = {"checkpoint": str(cfg.ckpt_path), "calibration_images": images,
@@ -86,6 +94,27 @@ def export(cfg: DictConfig) -> dict:
                      mean=data_class.mean, std=data_class.std, metadata=metadata)
     log.info(f"wrote {out}")
     return {k: v for k, v in metadata.items() if isinstance(v, (int, float))}
+
+
+def export_c(cfg: DictConfig, net: torch.nn.Module, config: dict, datamodule, loader, out: Path) -> dict:
+    """The network as an integer program, written as a C project; float and integer test accuracy side by side
+    (the C program's classes are the integer program's, bit for bit)."""
+    images = torch.cat([x for x, _ in loader])[:int(cfg.calibration.images)]  # uint8, as the C program reads them
+    program = integer.trace(net, tuple(images.shape[1:]))
+    program.model_name = config["model"]["name"]
+    integer.calibrate(program, images, datamodule.mean, datamodule.std, float(cfg.calibration.percentile))
+    metrics = {}
+    if cfg.get("evaluate", True):
+        float_acc, n, _ = test_accuracy(net, datamodule)
+        correct = sum((integer.run(program, x).argmax(1) == y).sum().item() for x, y in datamodule.test_dataloader())
+        metrics.update(float_test_acc=float_acc, integer_test_acc=correct / n, test_images=n)
+        log.info(f"test accuracy on {n} images: float {100 * float_acc:.2f}%, integer program (what the C program "
+                 f"computes) {100 * correct / n:.2f}%")
+    sizes = c_export.write_c_project(program, out, getattr(datamodule, "class_names", None))
+    metrics.update(sizes)
+    log.info(f"wrote the C project {out}: weights {sizes['weight_bytes']} bytes, activation arena "
+             f"{sizes['arena_bytes']} bytes; build it with make -C {out} (TARGET=cortex-m4 for a Cortex-M4F)")
+    return metrics
 
 
 @torch.no_grad()

@@ -1,0 +1,110 @@
+"""An integer adder network (:mod:`addernet.deploy.integer`) as a self-contained C project.
+
+The project holds the runtime (``c_runtime/``: C99, no heap), ``model.c``/``model.h`` written here (const
+weights, the layer table, a static arena whose size is planned here from when each map is last read), a host
+``main.c`` and a Makefile (host build, or ``TARGET=cortex-m4``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from addernet.deploy.integer import Layer, Program
+
+RUNTIME = Path(__file__).parent / "c_runtime"
+KINDS = {"lut": "AN_LUT", "conv": "AN_CONV", "adder": "AN_ADDER", "maxpool": "AN_MAXPOOL", "head": "AN_HEAD"}
+
+
+def plan_arena(program: Program, align: int = 4) -> tuple[list[int], int]:
+    """An arena offset for every map, and the arena's size: a map holds its bytes from the layer that writes it
+    to the last layer that reads it; a new map takes the lowest free place that fits (first fit)."""
+    last_read = {}
+    for n, layer in enumerate(program.layers):
+        for i in (layer.src, layer.residual):
+            if i is not None and i >= 0:
+                last_read[i] = n
+    offsets, live, size = [0] * len(program.maps), [], 0
+    for n, layer in enumerate(program.layers):
+        if layer.dst < 0:
+            continue
+        live = [(start, end, i) for start, end, i in live if last_read.get(i, -1) >= n]  # read here: still live
+        c, h, w = program.maps[layer.dst].shape
+        need, place = -(-c * h * w // align) * align, 0
+        for start, end, _ in sorted(live):
+            if place + need <= start:
+                break
+            place = max(place, end)
+        offsets[layer.dst] = place
+        live.append((place, place + need, layer.dst))
+        size = max(size, place + need)
+    return offsets, size
+
+
+def _array(ctype: str, name: str, values: torch.Tensor) -> str:
+    flat = values.flatten().tolist()
+    if ctype == "float":
+        items = [f"{float.hex(float(v))}f" if v == v else "0.0f" for v in values.float().flatten().double().tolist()]
+    else:
+        items = [str(int(v)) for v in flat]
+    rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]
+    return f"static const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
+
+
+def _layer_arrays(n: int, layer: Layer) -> tuple[str, str, str, str]:
+    """C arrays of a layer, and the names its table entry points at."""
+    code, weight, m, c = "", "0", "0", "0"
+    if layer.weight is not None:
+        ctype = "int8_t" if layer.kind in ("conv", "head") else "uint8_t"
+        weight = f"weight{n}"
+        code += _array(ctype, weight, layer.weight)
+    if layer.m is not None:
+        m, c = f"m{n}", f"c{n}"
+        code += _array("float", m, layer.m) + _array("float", c, layer.c)
+    return code, weight, m, c
+
+
+def write_c_project(program: Program, out: Path, class_names: list[str] | None = None) -> dict:
+    """Write the C project into ``out`` (created); returns its sizes: weights and arena bytes."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in RUNTIME.rglob("*"):
+        if path.is_file():
+            target = out / path.relative_to(RUNTIME)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    offsets, arena = plan_arena(program)
+    scratch_words = max(m.shape[0] for m in program.maps)  # a padding row of bytes, or the head's int32 sums
+    arrays, entries, weight_bytes = [], [], 0
+    for n, layer in enumerate(program.layers):
+        code, weight, m, c = _layer_arrays(n, layer)
+        arrays.append(code)
+        weight_bytes += sum(t.numel() * t.element_size() for t in (layer.weight, layer.m, layer.c)
+                            if t is not None)
+        residual = -1 if layer.residual is None else layer.residual
+        k = float.hex(float(torch.tensor(layer.k, dtype=torch.float32)))  # the float32 value run() multiplies by
+        entries.append(f"    {{{KINDS[layer.kind]}, {layer.kernel}, {layer.stride}, {layer.padding}, "
+                       f"{int(layer.relu)}, {layer.src}, {layer.dst}, {residual}, {weight}, {m}, {c}, {k}f}},")
+    maps = [f"    {{{mp.shape[0]}, {mp.shape[1]}, {mp.shape[2]}, {mp.zero_point}, {offsets[i]}}},"
+            for i, mp in enumerate(program.maps)]
+    c_, h, w = program.image_shape
+    names = class_names or [str(i) for i in range(program.num_classes)]
+    (out / "model.h").write_text(
+        f"/* {program.model_name}: written by src/export.py format=c */\n#ifndef ADDERNET_MODEL_H\n"
+        f"#define ADDERNET_MODEL_H\n#include \"addernet.h\"\n\n#define ADDERNET_IN_C {c_}\n#define ADDERNET_IN_H {h}\n"
+        f"#define ADDERNET_IN_W {w}\n#define ADDERNET_IMAGE_BYTES {c_ * h * w}\n"
+        f"#define ADDERNET_CLASSES {program.num_classes}\n#define ADDERNET_ARENA_BYTES {arena}\n\n"
+        f"extern const an_model addernet_model;\nextern const char *const addernet_class_names[{len(names)}];\n"
+        f"\n#endif\n")
+    quoted = ", ".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in names)
+    (out / "model.c").write_text(
+        f"/* {program.model_name}: written by src/export.py format=c */\n#include \"model.h\"\n\n" + "".join(arrays)
+        + "\nstatic const an_map maps[] = {\n" + "\n".join(maps) + "\n};\n\n"
+        + "static const an_layer layers[] = {\n" + "\n".join(entries) + "\n};\n\n"
+        + "static uint8_t arena[ADDERNET_ARENA_BYTES] __attribute__((aligned(4)));\n"
+        + f"static int32_t scratch[{scratch_words}];\n\n"
+        + f"const char *const addernet_class_names[{len(names)}] = {{{quoted}}};\n\n"
+        + f"const an_model addernet_model = {{layers, {len(program.layers)}, maps, {c_}, {h}, {w}, "
+          f"{program.num_classes}, arena, scratch}};\n")
+    return {"weight_bytes": weight_bytes, "arena_bytes": arena, "scratch_bytes": 4 * scratch_words}

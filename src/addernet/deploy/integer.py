@@ -1,0 +1,277 @@
+"""Adder networks as integer programs: what the C runtime runs, and its exact twin in PyTorch.
+
+A trained network becomes a list of layers on 8-bit activation maps. Every map has one grid (real value =
+``scale * (q - zero_point)``) that all its readers share; each layer reads uint8 codes and writes the next
+map's codes directly, so nothing between layers is float:
+
+- ``lut``: a raw uint8 image -> the first map, through a 256-entry table per channel (normalisation and
+  quantisation in one lookup, computed here once).
+- ``conv``: a multiplicative convolution (a ResNet's stem), int8 filters, int32 sums of
+  ``w * (x - zero_point)``.
+- ``adder``: ``sum |x - w|`` over the window, uint8 filters on the input's grid (the sum is exact; filter
+  values beyond the grid are clipped and the clipped amount moved into the bias, as in
+  :meth:`addernet.deploy.quantized.Int8Adder2d.from_float`).
+- ``maxpool``: the largest code of each window (quantisation is monotonic).
+- ``head``: global average pooling and a multiplicative classifier: int32 sums, then float logits.
+
+A layer's integer sum ``s`` becomes the output code as ``v = float(s) * m[o] + c[o]``, then
+``+ float(r - zr) * k`` for a residual input ``r``, ``max(v, 0)`` for a ReLU, and
+``round_half_even(clamp(v, 0, 255))``: float32 operations on single elements, each rounded once, in that
+order, so the C runtime (compiled without contraction into fused multiply-adds) and :func:`run` agree to the
+bit. The last layer writes float32 logits ``float(s) * m[o] + c[o]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from addernet.deploy.quantized import DEFAULT_PERCENTILE, Int8Adder2d, grid_for
+from addernet.errors import ConfigError
+from addernet.models import BasicBlock, Bottleneck
+from addernet.models.lenet import LeNet5BN
+from addernet.models.resnet import ResNet
+from addernet.nn.kernels import int8
+from addernet.nn.layer import Adder2d
+
+
+@dataclass
+class Map:
+    """An activation map: shape (C, H, W) and its 8-bit grid."""
+    shape: tuple[int, int, int]
+    scale: float = 1.0
+    zero_point: int = 0
+
+
+@dataclass
+class Layer:
+    kind: str  # lut, conv, adder, maxpool, head
+    src: int  # index of the map read (-1: the image)
+    dst: int  # index of the map written (-1: the logits)
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    relu: bool = False
+    residual: int | None = None  # a map added before the ReLU
+    weight: torch.Tensor | None = None  # lut (C, 256) uint8; conv (O, kh, kw, C) int8; adder same, uint8; head (K, C)
+    m: torch.Tensor | None = None  # float32 per output channel
+    c: torch.Tensor | None = None
+    k: float = 0.0  # the residual's factor
+    float_module: object = field(default=None, repr=False)  # what it was made from (calibration only)
+
+
+@dataclass
+class Program:
+    """An integer network: its maps and layers, the image it reads and what it is."""
+    image_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
+    maps: list[Map]
+    layers: list[Layer]
+    num_classes: int
+    model_name: str = ""
+
+
+# ---- from a trained network ----------------------------------------------------------------------------------
+
+def trace(net: nn.Module, image_shape: tuple[int, int, int]) -> Program:
+    """The layers of a trained adder ResNet or LeNet-5-BN (eval mode), before any grid is set."""
+    if isinstance(net, ResNet):
+        return _trace_resnet(net, image_shape)
+    if isinstance(net, LeNet5BN) and isinstance(net.conv1, Adder2d):
+        return _trace_lenet(net, image_shape)
+    raise ConfigError(f"format=c exports adder ResNets and adder LeNet-5-BN; got {type(net).__name__}")
+
+
+class _Builder:
+    def __init__(self, image_shape):
+        self.maps: list[Map] = [Map(tuple(image_shape))]
+        self.layers: list[Layer] = [Layer("lut", -1, 0)]
+
+    def add(self, kind, src, shape, module=None, **kw) -> int:
+        self.maps.append(Map(shape))
+        self.layers.append(Layer(kind, src, len(self.maps) - 1, float_module=module, **kw))
+        return len(self.maps) - 1
+
+
+def _out_hw(shape, kernel, stride, padding):
+    return tuple((s + 2 * padding - kernel) // stride + 1 for s in shape[1:])
+
+
+def _add_layer(b: _Builder, src: int, conv: nn.Module, bn: nn.Module | None, relu: bool,
+               residual: int | None = None) -> int:
+    kind = "adder" if isinstance(conv, Adder2d) else "conv"
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.kernel_size[0] != conv.kernel_size[1]:
+        raise ConfigError(f"format=c supports square, ungrouped, undilated layers; got {conv}")
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    shape = (conv.out_channels, *_out_hw(b.maps[src].shape, k, s, p))
+    return b.add(kind, src, shape, module=(conv, bn), kernel=k, stride=s, padding=p, relu=relu, residual=residual)
+
+
+def _trace_resnet(net: ResNet, image_shape) -> Program:
+    b = _Builder(image_shape)
+    stem = list(net.stem)
+    if len(stem) != 3:
+        raise ConfigError("format=c supports the CIFAR stem (3x3 convolution, BatchNorm, ReLU)")
+    x = _add_layer(b, 0, stem[0], stem[1], relu=True)
+    for block in net.stages.modules():
+        if not isinstance(block, (BasicBlock, Bottleneck)):
+            continue
+        convs = [(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in range(1, 4)
+                 if hasattr(block, f"conv{i}")]
+        identity = x if block.downsample is None else _add_layer(b, x, block.downsample[0], block.downsample[1], False)
+        out = x
+        for conv, bn in convs[:-1]:
+            out = _add_layer(b, out, conv, bn, relu=True)
+        x = _add_layer(b, out, *convs[-1], relu=True, residual=identity)
+    b.layers.append(Layer("head", x, -1, float_module=(net.fc, net.bn_logits)))
+    return Program(tuple(image_shape), b.maps, b.layers, net.num_classes)
+
+
+def _trace_lenet(net: LeNet5BN, image_shape) -> Program:
+    b = _Builder(image_shape)
+    x = _add_layer(b, 0, net.conv1, net.bn1, relu=True)
+    x = b.add("maxpool", x, (b.maps[x].shape[0], *_out_hw(b.maps[x].shape, 2, 2, 0)), kernel=2, stride=2)
+    x = _add_layer(b, x, net.conv2, net.bn2, relu=True)
+    x = b.add("maxpool", x, (b.maps[x].shape[0], *_out_hw(b.maps[x].shape, 2, 2, 0)), kernel=2, stride=2)
+    # fc1 reads the flattened (C, H, W) map: the same as a valid convolution as large as the map
+    c, h, w = b.maps[x].shape
+    fc1 = Adder2d(c, net.fc1.out_channels, h, 1, 0, bias=net.fc1.bias is not None)
+    fc1.weight.data = net.fc1.weight.detach().reshape(-1, c, h, w).clone()
+    if net.fc1.bias is not None:
+        fc1.bias.data = net.fc1.bias.detach().clone()
+    x = _add_layer(b, x, fc1, net.bn3, relu=True)
+    x = _add_layer(b, x, net.fc2, net.bn4, relu=True)
+    logits = _add_layer(b, x, net.fc, net.bn_logits, relu=False)
+    b.layers[-1].dst, b.maps = -1, b.maps[:logits]
+    return Program(tuple(image_shape), b.maps, b.layers, net.num_classes)
+
+
+@torch.no_grad()
+def _float_maps(program: Program, images: torch.Tensor, mean, std) -> list[torch.Tensor]:
+    """The float network's value of every map for uint8 ``images`` (N, C, H, W)."""
+    x = (images.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    values = [x]
+    for layer in program.layers[1:]:
+        src = values[layer.src]
+        if layer.kind == "maxpool":
+            y = F.max_pool2d(src, layer.kernel, layer.stride)
+        elif layer.kind == "head":
+            fc, bn = layer.float_module
+            y = bn(fc(src.mean((2, 3), keepdim=True))).flatten(1)
+        else:
+            conv, bn = layer.float_module
+            y = bn(conv(src)) if bn is not None else conv(src)
+            if layer.residual is not None:
+                y = y + values[layer.residual]
+            y = y.relu() if layer.relu else y
+        values.append(y)
+    return values
+
+
+def calibrate(program: Program, images: torch.Tensor, mean, std, percentile: float = DEFAULT_PERCENTILE) -> None:
+    """Set every map's grid from the float network's values on ``images``, then every layer's integer
+    parameters (in place)."""
+    values = _float_maps(program, images, mean, std)
+    for i, m in enumerate(program.maps):
+        m.scale, m.zero_point = grid_for(values[i].flatten(), percentile)
+    first = program.maps[0]
+    codes = torch.arange(256, dtype=torch.float32)
+    lut = [(codes / 255 - mu) / sd for mu, sd in zip(mean, std)]
+    program.layers[0].weight = torch.stack([_quantize(v, first) for v in lut])
+    for layer in program.layers[1:]:
+        _integer_parameters(program, layer)
+
+
+def _quantize(v: torch.Tensor, grid: Map) -> torch.Tensor:
+    return torch.round(v.float() * torch.tensor(1.0 / grid.scale, dtype=torch.float32)
+                       + float(grid.zero_point)).clamp_(0, 255).to(torch.uint8)
+
+
+def _integer_parameters(program: Program, layer: Layer) -> None:
+    """m, c (and k) so that ``float(sum) * m + c (+ float(r - zr) * k)`` is the output in its grid's units."""
+    src = program.maps[layer.src]
+    out = program.maps[layer.dst] if layer.dst >= 0 else Map((0, 0, 0), 1.0, 0)
+    if layer.kind == "maxpool":
+        return
+    if layer.kind == "adder":
+        conv, bn = layer.float_module
+        q = Int8Adder2d.from_float(conv, bn, src.scale, src.zero_point)  # y = a * sum + b, clipping exact
+        layer.weight = q.qweight.permute(0, 2, 3, 1).contiguous()
+        a, b = q.a.double(), q.b.double()
+    else:
+        conv, bn = layer.float_module
+        w = conv.weight.detach().double().flatten(1)
+        w_scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+        wq = torch.round(w / w_scale[:, None]).clamp(-127, 127)
+        shape = conv.weight.shape
+        layer.weight = wq.reshape(shape).permute(0, 2, 3, 1).to(torch.int8).contiguous() if layer.kind == "conv" \
+            else wq.reshape(shape[0], shape[1]).to(torch.int8).contiguous()
+        a, b = w_scale * src.scale, torch.zeros(shape[0], dtype=torch.float64)
+        if layer.kind == "head":
+            h, w_ = src.shape[1:]
+            a = a / (h * w_)  # the sum over the map, and the mean's division folded in
+        if bn is not None:
+            factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            a, b = a * factor, (b - bn.running_mean.double()) * factor + bn.bias.detach().double()
+    layer.m = (a / out.scale).float()
+    layer.c = (b / out.scale + out.zero_point).float()
+    if layer.residual is not None:
+        layer.k = program.maps[layer.residual].scale / out.scale
+
+
+# ---- running it exactly ---------------------------------------------------------------------------------------
+
+def _requantize(v: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """Codes of the output map (a ReLU's map has zero point 0: its values are >= 0, and 0 is on every grid)."""
+    v = v.relu() if layer.relu else v
+    return torch.round(v.clamp(0, 255)).to(torch.uint8).contiguous()
+
+
+def _window_sums(x: torch.Tensor, layer: Layer, zero_point: int, adder: bool) -> torch.Tensor:
+    """(N, O, Ho, Wo) int64 sums of a conv or adder layer over uint8 codes ``x`` (N, C, H, W)."""
+    xi = F.pad(x.double() - (0 if adder else zero_point), (layer.padding,) * 4,
+               value=float(zero_point) if adder else 0.0)
+    w = layer.weight.permute(0, 3, 1, 2).double()
+    if not adder:  # products of bytes summed in float64: exact below 2**53
+        return F.conv2d(xi, w, stride=layer.stride).round().long()
+    n, _, hp, wp = xi.shape
+    ho, wo = (hp - layer.kernel) // layer.stride + 1, (wp - layer.kernel) // layer.stride + 1
+    cols = F.unfold(xi, layer.kernel, stride=layer.stride)  # (N, C*k*k, L), in (c, u, v) order
+    sums = torch.stack([(cols - f.reshape(-1, 1)).abs().sum(1) for f in w], 1)
+    return sums.round().long().reshape(n, -1, ho, wo)
+
+
+@torch.no_grad()
+def run(program: Program, images: torch.Tensor) -> torch.Tensor:
+    """float32 logits (N, classes) of uint8 ``images`` (N, C, H, W): the C runtime's arithmetic, step for step."""
+    lut = program.layers[0].weight
+    codes = [torch.stack([lut[c][images[:, c].long()] for c in range(images.shape[1])], 1)]
+    for layer in program.layers[1:]:
+        x, src = codes[layer.src], program.maps[layer.src]
+        if layer.kind == "maxpool":
+            codes.append(F.max_pool2d(x.float(), layer.kernel, layer.stride).to(torch.uint8))
+            continue
+        if layer.kind == "head":
+            sums = x.long().sum((2, 3)) - src.shape[1] * src.shape[2] * src.zero_point  # (N, C)
+            acc = sums.double() @ layer.weight.double().T  # exact integers
+            return acc.long().to(torch.int32).float() * layer.m + layer.c
+        residual = None
+        if layer.residual is not None:
+            r = codes[layer.residual].int() - program.maps[layer.residual].zero_point
+            residual = r.float() * torch.tensor(layer.k, dtype=torch.float32)
+        if layer.kind == "adder" and int8.extension_available():
+            # the SAD kernel's sums are exact and its output pass is this module's: (m * s + c) + residual;
+            # fed (q - z) with scale 1 and zero point z, it quantises back to q and pads with z
+            v = int8.sad_forward(x.float() - src.zero_point, 1.0, src.zero_point,
+                                 layer.weight.permute(0, 3, 1, 2).contiguous(), layer.stride, layer.padding,
+                                 layer.m, layer.c, residual=residual)
+        else:
+            s = _window_sums(x, layer, src.zero_point, layer.kind == "adder").to(torch.int32).float()
+            v = s * layer.m.view(1, -1, 1, 1) + layer.c.view(1, -1, 1, 1)
+            v = v if residual is None else v + residual
+        if layer.dst < 0:
+            return v.flatten(1)
+        codes.append(_requantize(v, layer))
+    raise ConfigError("the program has no output layer")
