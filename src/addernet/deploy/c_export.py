@@ -68,6 +68,8 @@ def _layer_arrays(n: int, layer: Layer) -> tuple[str, str, str, str]:
 
 def write_c_project(program: Program, out: Path, class_names: list[str] | None = None) -> dict:
     """Write the C project into ``out`` (created); returns its sizes: weights and arena bytes."""
+    if not (RUNTIME / "addernet.c").is_file():
+        raise FileNotFoundError(f"the C runtime is missing from {RUNTIME}: reinstall the package")
     out.mkdir(parents=True, exist_ok=True)
     for path in RUNTIME.rglob("*"):
         if path.is_file():
@@ -105,6 +107,6 @@ def write_c_project(program: Program, out: Path, class_names: list[str] | None =
         + "static uint8_t arena[ADDERNET_ARENA_BYTES] __attribute__((aligned(4)));\n"
         + f"static int32_t scratch[{scratch_words}];\n\n"
         + f"const char *const addernet_class_names[{len(names)}] = {{{quoted}}};\n\n"
-        + f"const an_model addernet_model = {{layers, {len(program.layers)}, maps, {c_}, {h}, {w}, "
-          f"{program.num_classes}, arena, scratch}};\n")
+        + f"const an_model addernet_model = {{layers, {len(program.layers)}, maps, {program.num_classes}, arena, "
+          f"scratch}};\n")
     return {"weight_bytes": weight_bytes, "arena_bytes": arena, "scratch_bytes": 4 * scratch_words}

@@ -102,6 +102,8 @@ def _out_hw(shape, kernel, stride, padding):
 def _add_layer(b: _Builder, src: int, conv: nn.Module, bn: nn.Module | None, relu: bool,
                residual: int | None = None) -> int:
     kind = "adder" if isinstance(conv, Adder2d) else "conv"
+    if kind == "conv" and conv.bias is not None:
+        raise ConfigError(f"format=c supports multiplicative layers without bias; got {conv}")
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.kernel_size[0] != conv.kernel_size[1]:
         raise ConfigError(f"format=c supports square, ungrouped, undilated layers; got {conv}")
     k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
@@ -112,19 +114,14 @@ def _add_layer(b: _Builder, src: int, conv: nn.Module, bn: nn.Module | None, rel
 def _trace_resnet(net: ResNet, image_shape) -> Program:
     b = _Builder(image_shape)
     stem = list(net.stem)
-    if len(stem) != 3:
-        raise ConfigError("format=c supports the CIFAR stem (3x3 convolution, BatchNorm, ReLU)")
+    if len(stem) != 3 or any(isinstance(m, Bottleneck) for m in net.modules()):
+        raise ConfigError("format=c supports the CIFAR ResNets (3x3 stem, basic blocks: adder_resnet20, "
+                          "adder_resnet32) and adder_lenet5_bn; the ImageNet ResNets are not supported yet")
     x = _add_layer(b, 0, stem[0], stem[1], relu=True)
-    for block in net.stages.modules():
-        if not isinstance(block, (BasicBlock, Bottleneck)):
-            continue
-        convs = [(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in range(1, 4)
-                 if hasattr(block, f"conv{i}")]
+    for block in (m for m in net.stages.modules() if isinstance(m, BasicBlock)):
         identity = x if block.downsample is None else _add_layer(b, x, block.downsample[0], block.downsample[1], False)
-        out = x
-        for conv, bn in convs[:-1]:
-            out = _add_layer(b, out, conv, bn, relu=True)
-        x = _add_layer(b, out, *convs[-1], relu=True, residual=identity)
+        out = _add_layer(b, x, block.conv1, block.bn1, relu=True)
+        x = _add_layer(b, out, block.conv2, block.bn2, relu=True, residual=identity)
     b.layers.append(Layer("head", x, -1, float_module=(net.fc, net.bn_logits)))
     return Program(tuple(image_shape), b.maps, b.layers, net.num_classes)
 
@@ -176,17 +173,20 @@ def calibrate(program: Program, images: torch.Tensor, mean, std, percentile: flo
     values = _float_maps(program, images, mean, std)
     for i, m in enumerate(program.maps):
         m.scale, m.zero_point = grid_for(values[i].flatten(), percentile)
+    for layer in program.layers:  # pooling picks codes: its map is on its input's grid
+        if layer.kind == "maxpool":
+            program.maps[layer.dst].scale = program.maps[layer.src].scale
+            program.maps[layer.dst].zero_point = program.maps[layer.src].zero_point
+    for i, m in enumerate(program.maps):
+        relu = any(layer.dst == i and layer.relu for layer in program.layers)
+        if relu and m.zero_point != 0:  # the runtime's ReLU is max(v, 0) in the output's units
+            raise ConfigError(f"map {i} follows a ReLU but its grid's zero point is {m.zero_point}, not 0")
     first = program.maps[0]
     codes = torch.arange(256, dtype=torch.float32)
     lut = [(codes / 255 - mu) / sd for mu, sd in zip(mean, std)]
-    program.layers[0].weight = torch.stack([_quantize(v, first) for v in lut])
+    program.layers[0].weight = torch.stack([int8.quantize(v, first.scale, first.zero_point) for v in lut])
     for layer in program.layers[1:]:
         _integer_parameters(program, layer)
-
-
-def _quantize(v: torch.Tensor, grid: Map) -> torch.Tensor:
-    return torch.round(v.float() * torch.tensor(1.0 / grid.scale, dtype=torch.float32)
-                       + float(grid.zero_point)).clamp_(0, 255).to(torch.uint8)
 
 
 def _integer_parameters(program: Program, layer: Layer) -> None:
@@ -215,8 +215,16 @@ def _integer_parameters(program: Program, layer: Layer) -> None:
         if bn is not None:
             factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
             a, b = a * factor, (b - bn.running_mean.double()) * factor + bn.bias.detach().double()
+    c_in, (kh, kw) = src.shape[0], (layer.kernel, layer.kernel) if layer.kind != "head" else src.shape[1:]
+    largest = 255 * c_in * kh * kw * (1 if layer.kind == "adder" else 128)  # |a sum| can reach this
+    if largest >= 2**31:
+        raise ConfigError(f"a {layer.kind} layer over {c_in}x{kh}x{kw} inputs could overflow the runtime's 32-bit "
+                          f"sums; format=c does not support it")
     layer.m = (a / out.scale).float()
     layer.c = (b / out.scale + out.zero_point).float()
+    if not (torch.isfinite(layer.m).all() and torch.isfinite(layer.c).all()):
+        raise ConfigError("the network has non-finite parameters (or a BatchNorm variance of 0): it cannot be "
+                          "exported")
     if layer.residual is not None:
         layer.k = program.maps[layer.residual].scale / out.scale
 
@@ -229,18 +237,11 @@ def _requantize(v: torch.Tensor, layer: Layer) -> torch.Tensor:
     return torch.round(v.clamp(0, 255)).to(torch.uint8).contiguous()
 
 
-def _window_sums(x: torch.Tensor, layer: Layer, zero_point: int, adder: bool) -> torch.Tensor:
-    """(N, O, Ho, Wo) int64 sums of a conv or adder layer over uint8 codes ``x`` (N, C, H, W)."""
-    xi = F.pad(x.double() - (0 if adder else zero_point), (layer.padding,) * 4,
-               value=float(zero_point) if adder else 0.0)
-    w = layer.weight.permute(0, 3, 1, 2).double()
-    if not adder:  # products of bytes summed in float64: exact below 2**53
-        return F.conv2d(xi, w, stride=layer.stride).round().long()
-    n, _, hp, wp = xi.shape
-    ho, wo = (hp - layer.kernel) // layer.stride + 1, (wp - layer.kernel) // layer.stride + 1
-    cols = F.unfold(xi, layer.kernel, stride=layer.stride)  # (N, C*k*k, L), in (c, u, v) order
-    sums = torch.stack([(cols - f.reshape(-1, 1)).abs().sum(1) for f in w], 1)
-    return sums.round().long().reshape(n, -1, ho, wo)
+def _products(x: torch.Tensor, layer: Layer, zero_point: int) -> torch.Tensor:
+    """(N, O, Ho, Wo) int64 sums of ``w * (x - zero_point)`` of a multiplicative layer over uint8 codes ``x``
+    (N, C, H, W), padding adding 0: products of bytes summed in float64, exact below 2**53."""
+    xi = F.pad(x.double() - zero_point, (layer.padding,) * 4)
+    return F.conv2d(xi, layer.weight.permute(0, 3, 1, 2).double(), stride=layer.stride).round().long()
 
 
 @torch.no_grad()
@@ -261,14 +262,15 @@ def run(program: Program, images: torch.Tensor) -> torch.Tensor:
         if layer.residual is not None:
             r = codes[layer.residual].int() - program.maps[layer.residual].zero_point
             residual = r.float() * torch.tensor(layer.k, dtype=torch.float32)
-        if layer.kind == "adder" and int8.extension_available():
-            # the SAD kernel's sums are exact and its output pass is this module's: (m * s + c) + residual;
-            # fed (q - z) with scale 1 and zero point z, it quantises back to q and pads with z
+        if layer.kind == "adder":
+            # the int8 layer's sums are exact and its output pass is this module's: (m * s + c) + residual
+            # (its plain-PyTorch fallback too); fed (q - z) with scale 1 and zero point z, it quantises back
+            # to q and pads with z
             v = int8.sad_forward(x.float() - src.zero_point, 1.0, src.zero_point,
                                  layer.weight.permute(0, 3, 1, 2).contiguous(), layer.stride, layer.padding,
                                  layer.m, layer.c, residual=residual)
         else:
-            s = _window_sums(x, layer, src.zero_point, layer.kind == "adder").to(torch.int32).float()
+            s = _products(x, layer, src.zero_point).to(torch.int32).float()
             v = s * layer.m.view(1, -1, 1, 1) + layer.c.view(1, -1, 1, 1)
             v = v if residual is None else v + residual
         if layer.dst < 0:

@@ -66,11 +66,17 @@ def export(cfg: DictConfig) -> dict:
     if not quantized.adder_bn_pairs(net):
         raise ConfigError(f"{cfg.ckpt_path} holds {config['model']['name']}, which has no adder layers: int8 export "
                           f"is for adder networks")
-    suffix = ".int8.pt" if cfg.format == "pt" else ".c"
-    out = Path(cfg.out).expanduser() if cfg.get("out") else Path(cfg.ckpt_path).expanduser().with_suffix(suffix)
-    if out.exists() and not cfg.get("overwrite") and (out.is_file() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists: pass out=<another {'file' if cfg.format == 'pt' else 'directory'}>, or "
-                          f"overwrite=true to replace it")
+    ckpt = Path(cfg.ckpt_path).expanduser()
+    out = Path(cfg.out).expanduser() if cfg.get("out") else (
+        ckpt.with_suffix(".int8.pt") if cfg.format == "pt" else ckpt.with_name(f"{ckpt.stem}_c"))
+    kind = "file" if cfg.format == "pt" else "directory"
+    if out.exists() and (out.is_dir() if cfg.format == "pt" else out.is_file()):
+        raise ConfigError(f"{out} is a {'directory' if out.is_dir() else 'file'}; format={cfg.format} writes a "
+                          f"{kind}: pass out=<a {kind}>")
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not cfg.get("overwrite"):
+        raise ConfigError(f"{out} exists: pass out=<another {kind}>, or overwrite=true to replace it"
+                          + (" (the project's files are rewritten, your edits to them too)" if kind == "directory"
+                             else ""))
     datamodule = checkpoint_data(config, cfg)
     images = int(cfg.calibration.images)
     loader = datamodule.calibration_loader(max(1, -(-images // int(cfg.batch_size))))
@@ -99,8 +105,12 @@ def export(cfg: DictConfig) -> dict:
 def export_c(cfg: DictConfig, net: torch.nn.Module, config: dict, datamodule, loader, out: Path) -> dict:
     """The network as an integer program, written as a C project; float and integer test accuracy side by side
     (the C program's classes are the integer program's, bit for bit)."""
-    images = torch.cat([x for x, _ in loader])[:int(cfg.calibration.images)]  # uint8, as the C program reads them
+    images = next(iter(loader))[0]  # one batch: the kind of images, and their shape for the model's check
+    if images.dtype != torch.uint8 or not hasattr(datamodule, "mean"):
+        raise ConfigError(f"format=c needs a data module that serves uint8 images with its mean and std (CIFAR, "
+                          f"MNIST, synthetic, ImageNet-as-CIFAR-10); {type(datamodule).__name__} does not")
     program = integer.trace(net, tuple(images.shape[1:]))
+    images = torch.cat([x for x, _ in loader])[:int(cfg.calibration.images)]  # uint8, as the C program reads them
     program.model_name = config["model"]["name"]
     integer.calibrate(program, images, datamodule.mean, datamodule.std, float(cfg.calibration.percentile))
     metrics = {}

@@ -1,7 +1,16 @@
 /* AdderNet C runtime (see addernet.h). */
 #include "addernet.h"
 
+#include <float.h>
 #include <string.h>
+
+/* The logits equal PyTorch's only if each float operation is rounded to float32 on its own. */
+#if defined(__FAST_MATH__)
+#error "compile without -ffast-math: it reorders and fuses the float operations the logits depend on"
+#endif
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD != 0
+#error "float operations must round to float32 (FLT_EVAL_METHOD 0): on 32-bit x86 use -msse2 -mfpmath=sse"
+#endif
 
 #if defined(__ARM_FEATURE_SIMD32)
 #include <arm_acle.h>
@@ -44,13 +53,14 @@ const char *an_isa(void) {
 #endif
 }
 
-/* round half to even, for 0 <= v <= 255: adding 2^23 leaves no fraction bits, the FPU rounds to nearest-even */
-static uint8_t an_code(float v, int relu) {
-    volatile float big = 8388608.0f; /* volatile: the compiler must not fold (v + big) - big into v */
-    if (relu && v < 0.0f) v = 0.0f;
-    if (v < 0.0f) v = 0.0f;
+/* clamp to [0, 255] (a ReLU's floor is the clamp's), then round half to even; v - i is exact here */
+static uint8_t an_code(float v) {
+    if (!(v > 0.0f)) return 0;
     if (v > 255.0f) v = 255.0f;
-    return (uint8_t)((v + big) - big);
+    int i = (int)v;
+    float fraction = v - (float)i;
+    if (fraction > 0.5f || (fraction == 0.5f && (i & 1))) i++;
+    return (uint8_t)i;
 }
 
 static void run_window_layer(const an_model *model, const an_layer *L, float *logits) {
@@ -91,7 +101,7 @@ static void run_window_layer(const an_model *model, const an_layer *L, float *lo
                 }
                 size_t at = ((size_t)i * Wo + j) * O + o;
                 if (r) val = val + (float)((int32_t)r[at] - zr) * L->k;
-                y[at] = an_code(val, L->relu);
+                y[at] = an_code(val);  /* L->relu: max(v, 0), which the clamp at 0 does */
             }
         }
     }

@@ -32,7 +32,6 @@ typedef struct {
     const an_layer *layers;
     uint16_t n_layers;
     const an_map *maps;
-    uint16_t in_c, in_h, in_w;  /* the uint8 HWC image */
     uint16_t classes;
     uint8_t *arena;
     int32_t *scratch;           /* max(channels) words: a padding row, the head's channel sums */

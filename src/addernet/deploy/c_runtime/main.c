@@ -1,5 +1,6 @@
-/* Classify uint8 HWC images: `addernet [-l] [FILE]` reads whole images from FILE (or standard input) and prints
- * one class index per line; -l adds the logits as the hex bits of their float32 values (for exact checks). */
+/* Classify uint8 HWC images: `addernet [-l] [-i] [FILE]` reads whole images from FILE (or standard input) and
+ * prints one class index per line; -l adds the logits as the hex bits of their float32 values (for exact
+ * checks); -i prints which sum-of-absolute-differences code was compiled, first. */
 #include <stdio.h>
 #include <string.h>
 
@@ -19,8 +20,17 @@ int main(int argc, char **argv) {
     initialise_monitor_handles();
 #endif
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-l") == 0) with_logits = 1;
-        else path = argv[i];
+        if (strcmp(argv[i], "-l") == 0) {
+            with_logits = 1;
+        } else if (strcmp(argv[i], "-i") == 0) {
+            printf("sad: %s\n", an_isa());
+        } else if (argv[i][0] == '-' || path) {
+            fprintf(stderr, "error: unknown argument %s: usage: addernet [-l] [-i] [FILE of uint8 HWC images]\n",
+                    argv[i]);
+            return 2;
+        } else {
+            path = argv[i];
+        }
     }
     FILE *in = path ? fopen(path, "rb") : stdin;
     if (!in) {
@@ -31,6 +41,11 @@ int main(int argc, char **argv) {
     float logits[ADDERNET_CLASSES];
     for (;;) {
         size_t got = fread(image, 1, sizeof image, in);
+        if (got == 0 && ferror(in)) {
+            fprintf(stderr, "error: cannot read %s: pass a file of %dx%dx%d uint8 HWC images\n",
+                    path ? path : "standard input", ADDERNET_IN_H, ADDERNET_IN_W, ADDERNET_IN_C);
+            return 2;
+        }
         if (got == 0) break;
         if (got != sizeof image) {
             fprintf(stderr, "error: the input ends inside an image (%lu of %lu bytes): it must hold whole %dx%dx%d "
@@ -46,6 +61,10 @@ int main(int argc, char **argv) {
             printf(" %08lx", (unsigned long)bits);
         }
         printf("\n");
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "error: cannot write the classes to standard output\n");
+        return 2;
     }
     return 0;
 }
