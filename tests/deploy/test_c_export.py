@@ -128,22 +128,25 @@ def test_networks_the_runtime_cannot_run_are_refused_in_one_line(name):
 
 
 @needs_cc
-def test_export_writes_a_c_project_of_a_trained_network_with_the_float_networks_accuracy(tmp_path):
-    from hydra_helpers import run_script
+def test_export_writes_a_c_project_that_builds_and_reports_both_accuracies(tmp_path):
+    """The command as a user runs it (a briefly trained network: the integer program's fidelity is tested
+    above, and measured on a trained one in docs/deployment.md)."""
+    from addernet.experiments.run import train
+    from hydra_helpers import compose_config, run_script
 
-    data = ["data=synthetic", "data.train_size=2000", "data.test_size=500"]  # 16x16 images: 17% after 2 epochs
-    run_dir = tmp_path / "run"
-    trained = run_script("train.py", "model=adder_resnet20", *data, "trainer=cpu", "trainer.max_epochs=2",
-                         "logger=none", "run_name=test", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    ckpt, out = run_dir / "checkpoints" / "last.ckpt", tmp_path / "resnet_c"
-    exported = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out}", "calibration.images=256",
-                          f"hydra.run.dir={tmp_path / 'export'}", cwd=tmp_path)
+    base = ["trainer=cpu", "logger=none", "run_name=test", "data=synthetic", "data.image_size=8",
+            "data.train_size=128", "data.test_size=64", "data.batch_size=32", "trainer.max_epochs=1"]
+    train(compose_config(base, tmp_path / "run"))
+    ckpt, out = tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "adder_c"
+    exported = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out}", "calibration.images=64",
+                          "batch_size=32", f"hydra.run.dir={tmp_path / 'export'}", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-3000:]
     log = exported.stdout + exported.stderr
     float_acc, integer_acc = (float(v) for v in re.search(
-        r"float ([0-9.]+)%, integer program \(what the C program computes\) ([0-9.]+)%", log).groups())
-    assert float_acc > 12 and abs(float_acc - integer_acc) <= 2.0, log[-2000:]  # above chance (10%), and kept
+        r"on 64 images: float ([0-9.]+)%, integer program \(what the C program computes\) ([0-9.]+)%", log).groups())
+    assert abs(float_acc - integer_acc) <= 100 * 4 / 64, log[-2000:]  # at most 4 of 64 images change class
     subprocess.run(["make", "-s", "-C", str(out)], check=True, capture_output=True)
     again = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out}", cwd=tmp_path)
-    assert again.returncode == 2 and f"error: {out} exists: pass out=<another directory>" in again.stderr
+    assert again.returncode == 2 and again.stderr.startswith(f"error: {out} exists: pass out=<another directory>")
+    as_file = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out / 'model.c'}", cwd=tmp_path)
+    assert as_file.returncode == 2 and "is a file; format=c writes a directory" in as_file.stderr
