@@ -105,12 +105,11 @@ def export(cfg: DictConfig) -> dict:
 def export_c(cfg: DictConfig, net: torch.nn.Module, config: dict, datamodule, loader, out: Path) -> dict:
     """The network as an integer program, written as a C project; float and integer test accuracy side by side
     (the C program's classes are the integer program's, bit for bit)."""
-    images = next(iter(loader))[0]  # one batch: the kind of images, and their shape for the model's check
+    images = torch.cat([x for x, _ in loader])[:int(cfg.calibration.images)]  # uint8, as the C program reads them
     if images.dtype != torch.uint8 or not hasattr(datamodule, "mean"):
         raise ConfigError(f"format=c needs a data module that serves uint8 images with its mean and std (CIFAR, "
                           f"MNIST, synthetic, ImageNet-as-CIFAR-10); {type(datamodule).__name__} does not")
     program = integer.trace(net, tuple(images.shape[1:]))
-    images = torch.cat([x for x, _ in loader])[:int(cfg.calibration.images)]  # uint8, as the C program reads them
     program.model_name = config["model"]["name"]
     integer.calibrate(program, images, datamodule.mean, datamodule.std, float(cfg.calibration.percentile))
     metrics = {}
