@@ -1,5 +1,6 @@
 """The C runtime computes the integer program's logits bit for bit, on the host and on an emulated Cortex-M4."""
 
+import platform
 import re
 import shutil
 import subprocess
@@ -16,11 +17,12 @@ CROSS_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
 needs_cc = pytest.mark.skipif(not (shutil.which("cc") and shutil.which("make")), reason="no C compiler or make")
 
 
-def program_of(name: str, shape: tuple[int, int, int], seed: int = 0) -> tuple[integer.Program, torch.Tensor]:
+def program_of(name: str, shape: tuple[int, int, int], seed: int = 0,
+               num_classes: int = 10) -> tuple[integer.Program, torch.Tensor]:
     """A calibrated integer program of an untrained network whose BatchNorm statistics are those of its
     inputs (so every map carries information), and 8 test images."""
     torch.manual_seed(seed)
-    net = create_model(name, num_classes=10, in_channels=shape[0])
+    net = create_model(name, num_classes=num_classes, in_channels=shape[0])
     images = torch.randint(0, 256, (72, *shape), dtype=torch.uint8)
     mean, std = [0.5] * shape[0], [0.25] * shape[0]
     for m in net.modules():
@@ -59,6 +61,9 @@ def test_the_host_program_computes_the_integer_programs_logits_bit_for_bit(name,
     program, images = program_of(name, shape)
     write_c_project(program, tmp_path)
     subprocess.run(["make", "-s", "-C", str(tmp_path)], check=True, capture_output=True)
+    isa = subprocess.run([str(tmp_path / "addernet"), "-i"], input=b"", check=True, capture_output=True).stdout
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert isa == b"sad: x86 sse2 psadbw\n"  # the SSE2 path is the one checked here
     (tmp_path / "images.bin").write_bytes(hwc_bytes(images))
     from_file = subprocess.run([str(tmp_path / "addernet"), "-l", "images.bin"], cwd=tmp_path, check=True,
                                capture_output=True, text=True)
@@ -66,6 +71,23 @@ def test_the_host_program_computes_the_integer_programs_logits_bit_for_bit(name,
     from_stdin = subprocess.run([str(tmp_path / "addernet")], input=hwc_bytes(images), check=True,
                                 capture_output=True)
     assert from_stdin.stdout.decode().split() == [str(c) for c in integer.run(program, images).argmax(1).tolist()]
+
+
+@needs_cc
+@pytest.mark.parametrize("name, shape, classes", [("adder_lenet5_bn", (1, 28, 28), 3),  # groups of < 4 filters
+                                                  ("adder_resnet20", (3, 32, 32), 10)])
+def test_the_portable_sum_of_absolute_differences_gives_the_same_logits(name, shape, classes, tmp_path):
+    program, images = program_of(name, shape, num_classes=classes)
+    images = images[:2]
+    write_c_project(program, tmp_path)
+    subprocess.run(["make", "-s", "-C", str(tmp_path), "CFLAGS=-O2 -DADDERNET_PORTABLE"], check=True,
+                   capture_output=True)
+    (tmp_path / "images.bin").write_bytes(hwc_bytes(images))
+    result = subprocess.run([str(tmp_path / "addernet"), "-i", "-l", "images.bin"], cwd=tmp_path, check=True,
+                            capture_output=True, text=True)
+    isa, output = result.stdout.split("\n", 1)
+    assert isa == "sad: portable"
+    assert_bit_identical(output, program, images)
 
 
 @needs_cc

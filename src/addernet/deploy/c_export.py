@@ -43,6 +43,20 @@ def plan_arena(program: Program, align: int = 4) -> tuple[list[int], int]:
     return offsets, size
 
 
+def _scratch_words(program: Program) -> int:
+    """The runtime's scratch, in 32-bit words: a window layer's sums at one position (one per output channel)
+    followed by a window row of padding bytes; the head's sums (one per channel)."""
+    words = 1
+    for layer in program.layers:
+        channels = program.maps[layer.src].shape[0] if layer.src >= 0 else program.image_shape[0]
+        if layer.kind in ("conv", "adder"):
+            outputs = program.maps[layer.dst].shape[0] if layer.dst >= 0 else program.num_classes
+            words = max(words, outputs + (layer.kernel * channels + 3) // 4)
+        elif layer.kind == "head":
+            words = max(words, channels)
+    return words
+
+
 def _array(ctype: str, name: str, values: torch.Tensor) -> str:
     flat = values.flatten().tolist()
     if ctype == "float":
@@ -50,7 +64,9 @@ def _array(ctype: str, name: str, values: torch.Tensor) -> str:
     else:
         items = [str(int(v)) for v in flat]
     rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]
-    return f"static const {ctype} {name}[{len(items)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
+    # word-aligned, so that the runtime's word loads of filters never straddle two words
+    return (f"static const {ctype} {name}[{len(items)}] __attribute__((aligned(4))) = {{\n    "
+            + ",\n    ".join(rows) + "\n};\n")
 
 
 def _layer_arrays(n: int, layer: Layer) -> tuple[str, str, str, str]:
@@ -77,7 +93,7 @@ def write_c_project(program: Program, out: Path, class_names: list[str] | None =
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
     offsets, arena = plan_arena(program)
-    scratch_words = max(m.shape[0] for m in program.maps)  # a padding row of bytes, or the head's int32 sums
+    scratch_words = _scratch_words(program)
     arrays, entries, weight_bytes = [], [], 0
     for n, layer in enumerate(program.layers):
         code, weight, m, c = _layer_arrays(n, layer)

@@ -34,7 +34,7 @@ typedef struct {
     const an_map *maps;
     uint16_t classes;
     uint8_t *arena;
-    int32_t *scratch;           /* max(channels) words: a padding row, the head's channel sums */
+    int32_t *scratch;           /* a window layer's sums at one position and a row of padding; the head's sums */
 } an_model;
 
 /* Logits (float32, `classes` of them) of one uint8 HWC image. */
