@@ -94,8 +94,8 @@ static void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *co
     acc[3] = a3;
 }
 
-/* acc[f] += sum w[f][i] * (x[i] - zero_point), runs as in an_sad4, int8 filters: the multiplicative stem's run (the
- * padding is zero-point bytes in x, so it adds 0) */
+/* acc[f] += sum w[f][i] * (x[i] - zero_point) over runs as in an_sad4, int8 filters: the multiplicative stem
+ * (the padding is zero-point bytes in x, so it adds 0) */
 static void an_dot4(const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n, int zero_point,
                     uint32_t acc[4]) {
     const int8_t *w0 = (const int8_t *)w[0], *w1 = (const int8_t *)w[1], *w2 = (const int8_t *)w[2],
