@@ -24,12 +24,18 @@
 #include <emmintrin.h>
 #endif
 
+/* the sums' kernel goes into each place that calls it: no call per output position and group of filters */
+#if defined(__GNUC__)
+#define AN_INLINE static inline __attribute__((always_inline))
+#else
+#define AN_INLINE static inline
+#endif
+
 /* acc[f] += sum |x[i] - w[f][i]| over `rows` runs of n bytes, for four filters f, each input word loaded once
  * for all four. The runs of x start `stride` bytes apart; each filter's runs follow one another. */
-static void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n, int zero_point,
-                    uint32_t acc[4]) {
+AN_INLINE void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n,
+                       uint32_t acc[4]) {
     const uint8_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-    (void)zero_point;  /* the padding is zero-point bytes in x */
     uint32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
 #if defined(AN_PSADBW)
     __m128i s0 = _mm_setzero_si128(), s1 = s0, s2 = s0, s3 = s0;
@@ -127,28 +133,30 @@ const char *an_isa(void) {
 #endif
 }
 
-/* clamp to [0, 255] (a ReLU's floor is the clamp's), then round half to even; v - i is exact here */
+/* clamp to [0, 255] (a ReLU's floor is the clamp's), then round half to even: 1.5 * 2^23 + v has no bits below
+ * the units, so that addition rounds v (half to even, the default rounding mode) and the subtraction is exact */
 static uint8_t an_code(float v) {
     if (!(v > 0.0f)) return 0;
     if (v > 255.0f) v = 255.0f;
-    int i = (int)v;
-    float fraction = v - (float)i;
-    if (fraction > 0.5f || (fraction == 0.5f && (i & 1))) i++;
-    return (uint8_t)i;
+    return (uint8_t)((v + 12582912.0f) - 12582912.0f);
 }
 
-/* a run kernel: an_sad4 or an_dot4 */
-typedef void an_run4(const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n, int zero_point,
-                     uint32_t acc[4]);
+AN_INLINE void run4(int adder, const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n,
+                    int zero_point, uint32_t acc[4]) {
+    if (adder)
+        an_sad4(x, stride, rows, w, n, acc);  /* the padding is zero-point bytes in x */
+    else
+        an_dot4(x, stride, rows, w, n, zero_point, acc);
+}
 
 /* A window layer's sums at one output position, four filters at a time, each input run read once for all
  * four: adder layers sum |x - w| (an_sad4), the stem w * (x - zero point) (an_dot4). A window inside the map
  * is k runs of k*C bytes, one call; at the border, a row inside is one run, a row in the padding reads k*C
  * zero-point bytes (pad), and a row cut by the map's side goes pixel by pixel. A last group of fewer than
  * four filters repeats its last filter, whose duplicate sums are dropped. */
-static void window_sums(const an_layer *L, an_run4 *run4, const uint8_t *x, const an_map *in, int top,
+static void window_sums(const an_layer *L, const uint8_t *x, const an_map *in, int top,
                         int left, const uint8_t *pad, int O, int32_t *sums) {
-    int k = L->kernel, C = in->c, H = in->h, W = in->w, z = in->zero_point;
+    int k = L->kernel, C = in->c, H = in->h, W = in->w, z = in->zero_point, adder = L->kind == AN_ADDER;
     size_t row_bytes = (size_t)k * C, filter_bytes = (size_t)k * row_bytes;
     for (int o = 0; o < O; o += 4) {
         const uint8_t *filters[4];
@@ -156,20 +164,20 @@ static void window_sums(const an_layer *L, an_run4 *run4, const uint8_t *x, cons
             filters[f] = (const uint8_t *)L->weight + (size_t)(o + f < O ? o + f : O - 1) * filter_bytes;
         uint32_t acc[4] = {0, 0, 0, 0};
         if (top >= 0 && top + k <= H && left >= 0 && left + k <= W) {  /* inside: k runs of k*C bytes */
-            run4(x + ((size_t)top * W + left) * C, (size_t)W * C, k, filters, (int)row_bytes, z, acc);
+            run4(adder, x + ((size_t)top * W + left) * C, (size_t)W * C, k, filters, (int)row_bytes, z, acc);
         } else {
             for (int u = 0; u < k; u++) {
                 int ii = top + u;
                 const uint8_t *w[4] = {filters[0] + u * row_bytes, filters[1] + u * row_bytes,
                                        filters[2] + u * row_bytes, filters[3] + u * row_bytes};
                 if (ii < 0 || ii >= H) {
-                    run4(pad, 0, 1, w, (int)row_bytes, z, acc);
+                    run4(adder, pad, 0, 1, w, (int)row_bytes, z, acc);
                 } else if (left >= 0 && left + k <= W) {
-                    run4(x + ((size_t)ii * W + left) * C, 0, 1, w, (int)row_bytes, z, acc);
+                    run4(adder, x + ((size_t)ii * W + left) * C, 0, 1, w, (int)row_bytes, z, acc);
                 } else {
                     for (int v = 0; v < k; v++) {
                         int jj = left + v;
-                        run4(jj >= 0 && jj < W ? x + ((size_t)ii * W + jj) * C : pad, 0, 1, w, C, z, acc);
+                        run4(adder, jj >= 0 && jj < W ? x + ((size_t)ii * W + jj) * C : pad, 0, 1, w, C, z, acc);
                         for (int f = 0; f < 4; f++) w[f] += C;
                     }
                 }
@@ -191,10 +199,9 @@ static void run_window_layer(const an_model *model, const an_layer *L, float *lo
     int32_t *sums = model->scratch;                          /* O words */
     uint8_t *pad = (uint8_t *)(model->scratch + O);          /* k*C bytes of the zero point: the padding */
     memset(pad, in->zero_point, (size_t)k * C);
-    an_run4 *run4 = L->kind == AN_ADDER ? an_sad4 : an_dot4;
     for (int i = 0; i < Ho; i++) {
         for (int j = 0; j < Wo; j++) {
-            window_sums(L, run4, x, in, i * s - p, j * s - p, pad, O, sums);
+            window_sums(L, x, in, i * s - p, j * s - p, pad, O, sums);
             for (int o = 0; o < O; o++) {
                 float val = (float)sums[o] * L->m[o] + L->c[o];
                 if (!y) {
