@@ -52,6 +52,12 @@ def assert_bit_identical(output: str, program: integer.Program, images: torch.Te
     assert classes == want.argmax(1).tolist()
 
 
+def build(program: integer.Program, out, *make_args: str) -> None:
+    """Write the program's C project into ``out`` and build it with make (and its arguments)."""
+    write_c_project(program, out)
+    subprocess.run(["make", "-s", "-C", str(out), *make_args], check=True, capture_output=True)
+
+
 MODELS = [("adder_lenet5_bn", (1, 28, 28)), ("adder_resnet20", (3, 32, 32))]
 
 
@@ -59,8 +65,7 @@ MODELS = [("adder_lenet5_bn", (1, 28, 28)), ("adder_resnet20", (3, 32, 32))]
 @pytest.mark.parametrize("name, shape", MODELS)
 def test_the_host_program_computes_the_integer_programs_logits_bit_for_bit(name, shape, tmp_path):
     program, images = program_of(name, shape)
-    write_c_project(program, tmp_path)
-    subprocess.run(["make", "-s", "-C", str(tmp_path)], check=True, capture_output=True)
+    build(program, tmp_path)
     isa = subprocess.run([str(tmp_path / "addernet"), "-i"], input=b"", check=True, capture_output=True).stdout
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert isa == b"sad: x86 sse2 psadbw\n"  # the SSE2 path is the one checked here
@@ -79,9 +84,7 @@ def test_the_host_program_computes_the_integer_programs_logits_bit_for_bit(name,
 def test_the_portable_sum_of_absolute_differences_gives_the_same_logits(name, shape, classes, tmp_path):
     program, images = program_of(name, shape, num_classes=classes)
     images = images[:2]
-    write_c_project(program, tmp_path)
-    subprocess.run(["make", "-s", "-C", str(tmp_path), "CFLAGS=-O2 -DADDERNET_PORTABLE"], check=True,
-                   capture_output=True)
+    build(program, tmp_path, "CFLAGS=-O2 -DADDERNET_PORTABLE")
     (tmp_path / "images.bin").write_bytes(hwc_bytes(images))
     result = subprocess.run([str(tmp_path / "addernet"), "-i", "-l", "images.bin"], cwd=tmp_path, check=True,
                             capture_output=True, text=True)
@@ -93,8 +96,7 @@ def test_the_portable_sum_of_absolute_differences_gives_the_same_logits(name, sh
 @needs_cc
 def test_a_truncated_input_is_one_line_with_status_2(tmp_path):
     program, images = program_of("adder_lenet5_bn", (1, 28, 28))
-    write_c_project(program, tmp_path)
-    subprocess.run(["make", "-s", "-C", str(tmp_path)], check=True, capture_output=True)
+    build(program, tmp_path)
     result = subprocess.run([str(tmp_path / "addernet")], input=hwc_bytes(images)[:-1], capture_output=True)
     assert result.returncode == 2 and result.stdout.decode().count("\n") == 7  # the whole images were classified
     assert result.stderr.decode() == ("error: the input ends inside an image (783 of 784 bytes): it must hold whole "
@@ -108,8 +110,7 @@ def test_a_truncated_input_is_one_line_with_status_2(tmp_path):
 def test_the_cortex_m4_program_computes_the_same_logits_under_emulation(name, shape, tmp_path):
     program, images = program_of(name, shape)
     images = images[:2]  # emulation is slow
-    write_c_project(program, tmp_path)
-    subprocess.run(["make", "-s", "-C", str(tmp_path), "TARGET=cortex-m4"], check=True, capture_output=True)
+    build(program, tmp_path, "TARGET=cortex-m4")
     assert b"usada8" in subprocess.run(["arm-none-eabi-objdump", "-d", "addernet-cortex-m4.elf"], cwd=tmp_path,
                                        check=True, capture_output=True).stdout  # the DSP path was compiled
     (tmp_path / "images.bin").write_bytes(hwc_bytes(images))
