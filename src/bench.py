@@ -15,7 +15,8 @@ kernel fails to compile, spills or exceeds a grid limit).
 import argparse
 import json
 
-from addernet.experiments import benchmark, threads_benchmark  # addernet before torch: see addernet/__init__.py
+# addernet before torch: see addernet/__init__.py
+from addernet.experiments import benchmark, int8_benchmark, threads_benchmark
 
 import torch
 from addernet.models import is_adder_model, list_models
@@ -43,8 +44,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--int8", action="store_true",
-                        help="CPU int8 inference instead: ResNet-20 at batch 1 and 64 with 1 and 2 threads, int8 "
-                             "adder (SAD kernel) vs fp32 adder, fp32 CNN and PyTorch's int8 CNN; and the int8 layers")
+                        help="CPU int8 inference instead: ResNet-20, int8 adder (SAD kernel) vs its CNN twin in fp32 "
+                             "and in PyTorch's int8, where the adder network's time goes, the int8 layers against "
+                             "the SAD instruction's measured limit, and the goals (batches 1 8 64 and 1 and 2 threads "
+                             "unless --batch-size / --threads say otherwise)")
     parser.add_argument("--thread-policy", action="store_true",
                         help="CPU training speed by thread count and OpenMP wait policy, idle and with one core busy")
     parser.add_argument("--json", help="write all measurements to this file")
@@ -62,6 +65,8 @@ def main() -> None:
     if args.thread_policy:
         print(threads_benchmark.run())
         return
+    if args.int8:
+        return int8_report(args)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     fast = choose("auto", device)
@@ -77,9 +82,6 @@ def main() -> None:
 
     report = {"device": name, "dtype": args.dtype, "torch": torch.__version__, "tables": {}}
     sections = []
-    if args.int8:
-        sections = int8_sections(args)
-        args.skip_layers = args.skip_models = True
     if not args.skip_layers:
         layer_sets = {"resnet20": (benchmark.RESNET20_LAYERS, batch),
                       "resnet18": (benchmark.RESNET18_LAYERS, imagenet_batch)}
@@ -103,18 +105,14 @@ def main() -> None:
             json.dump(report, f, indent=2)
 
 
-def int8_sections(args) -> list:
-    sections = []
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for batch in (1, 64):
-            sections.append((f"resnet20 int8 inference, batch {batch}, {threads} thread{'s' * (threads > 1)}",
-                             "img/s", "cnn fp32", benchmark.bench_int8_inference("resnet20", batch, args.warmup,
-                                                                                args.repeats)))
-        sections.append((f"resnet20 layers, batch 64, {threads} thread{'s' * (threads > 1)}: int8 adder in "
-                         f"reduction terms/s", "elements/s", "conv2d",
-                         benchmark.bench_int8_layers(benchmark.RESNET20_LAYERS, 64, args.warmup, args.repeats)))
-    return sections
+def int8_report(args) -> None:
+    print(f"# int8 inference on the CPU, torch {torch.__version__}\n", flush=True)
+    report = int8_benchmark.run("resnet20", [args.threads] if args.threads else [1, 2], args.batch_size or [1, 8, 64],
+                                64, args.warmup, args.repeats)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.as_dict(), f, indent=2)
+    print(int8_benchmark.markdown(report))
 
 
 def aot_check(args) -> int:

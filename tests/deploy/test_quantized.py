@@ -96,7 +96,7 @@ def test_damaged_or_foreign_files_are_refused_clearly(tmp_path):
         load_exported(bad)
     other = tmp_path / "other.pt"
     torch.save({"format": "addernet-int8", "version": 99}, other)
-    with pytest.raises(ConfigError, match="version 99, this code reads version 1"):
+    with pytest.raises(ConfigError, match="version 99, this code reads version 2"):
         load_exported(other)
     torch.save({"state_dict": {}}, other)
     with pytest.raises(ConfigError, match="is not an addernet-int8 export"):

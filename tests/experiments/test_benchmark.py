@@ -47,11 +47,29 @@ def test_bench_covers_several_model_batch_sizes_with_set_threads(tmp_path):
                       for kind in ("training step", "inference")]
 
 
-def test_int8_tables_compare_four_ways_side_by_side():
-    results = benchmark.bench_int8_inference("resnet20", 2, 0, 1)
-    methods = [r.method for r in results]
-    assert methods[0].startswith("adder int8 (") and methods[1:3] == ["adder fp32", "cnn fp32 (channels last)"]
-    assert methods[3].startswith("cnn int8 (")
-    layers = benchmark.bench_int8_layers(benchmark.RESNET20_LAYERS[:1], 2, 0, 1)
-    assert [r.method.split(" (")[0] for r in layers] == ["adder int8", "conv2d fp32"]
-    assert all(r.per_second > 0 for r in results + layers)
+def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
+    out = tmp_path / "int8.json"
+    result = run_script("bench.py", "--int8", "--batch-size", "2", "--threads", "1", "--warmup", "0", "--repeats", "2",
+                        "--json", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (cell,) = report["cells"]
+    assert cell["threads"] == 1 and cell["batch"] == 2
+    methods = list(cell["img_per_s"])
+    assert methods == ["int8 adder", "fp32 CNN (channels last)", "int8 CNN (PyTorch)"]
+    assert cell["engine"] in ("x86", "onednn", "fbgemm")
+    assert all(v > 0 for v in cell["img_per_s"].values())
+    # the profile's parts add up to the whole network by construction; each part was measured
+    profile = cell["profile"]
+    parts = sum(v for k, v in profile.items() if k != "whole network")
+    assert abs(parts - profile["whole network"]) < 1e-9 and profile["adder layers (int8 kernel)"] > 0
+    assert cell["terms"] == 2 * 40_370_176  # ResNet-20's 20 adder layers: |x - w| terms per image
+    assert [r["layer"] for r in report["layers"]] == [layer[0] for layer in benchmark.RESNET20_LAYERS]
+    stdout = result.stdout
+    assert "| 2 | " in stdout and "## Against the goals" in stdout
+    assert stdout.count(" met") + stdout.count("NOT met") >= 2  # each goal judged from the run's own figures
+    if report["sad_limit"]:  # x86 with AVX2 or AVX-512BW
+        limit = report["sad_limit"]
+        assert limit["pairs_per_instruction"] in (32, 64) and limit["instructions_per_second"] > 1e8
+        assert 0.2e9 < limit["clock_hz"] < 10e9
+        assert "share of the SAD limit" in stdout

@@ -73,3 +73,18 @@ def test_slower_instruction_sets_give_the_same_sums(isa):
     assert out.returncode == 0, out.stderr[-2000:]
     chosen, equal = out.stdout.split()
     assert equal == "True" and chosen in (isa, "portable")  # portable where the CPU lacks AVX2
+
+
+def test_threads_split_large_layers_and_give_the_same_sums():
+    """A layer large enough to be split across two threads (38M terms; small ones stay on one) gives the same
+    sums."""
+    torch.manual_seed(1)
+    x, qw = torch.randn(4, 64, 16, 16), int8.quantize(torch.randn(64, 64, 3, 3), 0.05, 128)
+    a, b = torch.linspace(-1, 1, 64), torch.zeros(64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y = int8.sad_forward(x, 0.05, 128, qw, 1, 1, a, b)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(y, int8.sad_forward_reference(x, 0.05, 128, qw, 1, 1, a, b), rtol=0, atol=0)

@@ -65,10 +65,6 @@ def pack_filters(qw: torch.Tensor) -> torch.Tensor:
     return torch.ops.addernet_int8.sad_pack(qw.contiguous())
 
 
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 2, 3, 1).contiguous().float()  # free when t is channels-last already
-
-
 def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor, stride: int, padding: int,
                 a: torch.Tensor, b: torch.Tensor, packed: torch.Tensor | None = None,
                 residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
@@ -79,9 +75,8 @@ def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor
         return sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b, residual, relu)
     packed = pack_filters(qw) if packed is None else packed
     kh, kw = qw.shape[2:]
-    y = torch.ops.addernet_int8.sad_forward(_nhwc(x), 1.0 / scale, zero_point, packed, kh, kw, stride, padding, a, b,
-                                            None if residual is None else _nhwc(residual), relu)
-    return y.permute(0, 3, 1, 2)
+    return torch.ops.addernet_int8.sad_forward(x, 1.0 / scale, zero_point, packed, kh, kw, stride, padding, a, b,
+                                               residual, relu)
 
 
 def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b, residual=None, relu=False) -> torch.Tensor:

@@ -1,0 +1,294 @@
+"""int8 adder inference on the CPU against the CNN twin, side by side, and where the adder network's time goes.
+
+The methods of one table take turns in one loop (one timed call each, round after round, then the median of
+each): a slow stretch of a shared or virtual machine falls on all of them alike, so the ratios hold even
+when absolute speeds drift. ``python src/bench.py --int8`` prints:
+
+- the machine: CPU model, the instruction sets the kernel and PyTorch use, and the SAD instruction's limit
+  measured on this core (its issue rate over independent register chains, and the clock);
+- per thread count and batch size: images per second of the int8 adder ResNet-20, its CNN twin in float32
+  (channels last) and in PyTorch's int8 (FX post-training quantisation, the fastest engine here);
+- where the int8 adder network's time goes: each adder layer timed alone on the inputs it gets inside the
+  network, the float stem, pooling and classifier, and what remains (Python and dispatch between layers);
+- the int8 adder layer alone on ResNet-20's shapes, as a share of the SAD limit;
+- each of the int8 issue's goals, computed from the figures above, met or not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from addernet.deploy.quantized import Int8Adder2d, calibrate, quantize_model
+from addernet.experiments.benchmark import RESNET20_LAYERS, layer_elements
+from addernet.models import create_model
+from addernet.nn.kernels import int8
+from addernet.system import device_name
+
+IMAGE = (3, 32, 32)
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, the functions taking turns (see the module doc)."""
+    with torch.no_grad():
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---- the machine ---------------------------------------------------------------------------------------------
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+@dataclass
+class SadLimit:
+    instructions_per_second: float  # one core
+    pairs_per_instruction: int
+    clock_hz: float
+
+    @property
+    def terms_per_second(self) -> float:
+        return self.instructions_per_second * self.pairs_per_instruction
+
+
+def sad_limit(tries: int = 7) -> SadLimit | None:
+    """The SAD instruction's rate on one core, measured by the kernel (None without the kernel or its SIMD):
+    the best of ``tries`` (a limit; slower tries met a busy or not yet clocked-up core)."""
+    if not int8.extension_available():
+        return None
+    measured = [torch.ops.addernet_int8.sad_limit() for _ in range(tries)]
+    rate, pairs, clock = max(m[0] for m in measured), measured[0][1], max(m[2] for m in measured)
+    return SadLimit(rate, int(pairs), clock) if rate > 0 else None
+
+
+def machine_lines(limit: SadLimit | None) -> list[str]:
+    flags = cpu_flags()
+    simd = [f for f in ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    lines = [f"CPU: {device_name('cpu')}; SIMD: {', '.join(simd) or 'none of AVX2/AVX-512/VNNI'}; int8 adder kernel: "
+             f"{int8.instruction_set()}; PyTorch: CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+             f"quantized engines {', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')}"]
+    if limit:
+        lines.append(f"SAD limit, measured on one core: {limit.instructions_per_second:.3g} instructions/s x "
+                     f"{limit.pairs_per_instruction} byte pairs = {limit.terms_per_second:.3g} terms/s "
+                     f"({limit.instructions_per_second / limit.clock_hz:.2f} per cycle at a "
+                     f"{limit.clock_hz / 1e9:.2f} GHz clock, timed by dependent additions)")
+    return lines
+
+
+# ---- the models ----------------------------------------------------------------------------------------------
+
+def int8_adder(name: str, x: torch.Tensor) -> torch.nn.Module:
+    """The adder network quantised as ``src/export.py`` does (random weights: speed does not depend on them)."""
+    net = create_model(f"adder_{name}", num_classes=10).eval()
+    return quantize_model(net, calibrate(net, [x]))
+
+
+def int8_cnn(name: str, x: torch.Tensor) -> tuple[torch.nn.Module, str]:
+    """The CNN twin through PyTorch's own int8 quantisation (FX graph mode), on the fastest engine here."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    best = None
+    for engine in [e for e in ("x86", "onednn", "fbgemm") if e in torch.backends.quantized.supported_engines]:
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FX quantisation's deprecation notices
+            prepared = prepare_fx(create_model(name, num_classes=10).eval(), get_default_qconfig_mapping(engine),
+                                  example_inputs=(x,))
+            with torch.no_grad():
+                prepared(x)
+            model = convert_fx(prepared)
+        seconds = side_by_side({engine: lambda: model(x)}, 2, 5)[engine]
+        if best is None or seconds < best[0]:
+            best = (seconds, model, engine)
+    torch.backends.quantized.engine = best[2]
+    return best[1], best[2]
+
+
+@dataclass
+class Cell:
+    """One thread count and batch size: img/s of each method, and the adder network's profile."""
+    threads: int
+    batch: int
+    img_per_s: dict[str, float]
+    engine: str  # PyTorch's quantized engine the int8 CNN ran on (the fastest here)
+    profile: dict[str, float] = field(default_factory=dict)  # seconds per batch
+    terms: int = 0  # |x - w| terms of the adder layers per batch
+
+    def ratio(self, method: str, baseline: str) -> float:
+        return self.img_per_s[method] / self.img_per_s[baseline]
+
+
+ADDER, CNN_FP32, CNN_INT8 = "int8 adder", "fp32 CNN (channels last)", "int8 CNN (PyTorch)"
+
+
+def measure_cell(name: str, batch: int, warmup: int, repeats: int) -> Cell:
+    x = torch.randn(batch, *IMAGE).contiguous(memory_format=torch.channels_last)
+    cnn8, engine = int8_cnn(name, x)
+    adder = int8_adder(name, x)
+    cnn = create_model(name, num_classes=10).eval().to(memory_format=torch.channels_last)
+    methods = {ADDER: lambda: adder(x), CNN_FP32: lambda: cnn(x), CNN_INT8: lambda: cnn8(x)}
+    seconds = side_by_side(methods, warmup, repeats)
+    cell = Cell(torch.get_num_threads(), batch, {m: batch / s for m, s in seconds.items()}, engine)
+    cell.profile, cell.terms = profile(adder, x, warmup, repeats)
+    return cell
+
+
+def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> tuple[dict[str, float], int]:
+    """Seconds per batch of the whole network and of its parts, each part timed alone on the inputs it gets in
+    the network; the rest is what runs between them (Python, dispatch, the blocks' bookkeeping)."""
+    calls: list[tuple[Int8Adder2d, tuple, dict]] = []
+    hooks = [m.register_forward_hook(lambda m, args, kwargs, out: calls.append((m, args, kwargs)), with_kwargs=True)
+             for m in model.modules() if isinstance(m, Int8Adder2d)]
+    with torch.no_grad():
+        try:
+            features = model.stages(model.stem(x))
+        finally:
+            for h in hooks:
+                h.remove()
+    parts = {"whole network": lambda: model(x), "stem (float)": lambda: model.stem(x),
+             "pooling + classifier (float)": lambda: model.forward_head(model.pool(features).flatten(1))}
+    for i, (layer, args, kwargs) in enumerate(calls):
+        parts[f"adder layer {i}"] = lambda layer=layer, args=args, kwargs=kwargs: layer(*args, **kwargs)
+    seconds = side_by_side(parts, warmup, repeats)
+    adders = sum(s for p, s in seconds.items() if p.startswith("adder layer"))
+    terms = sum(args[0].shape[0] * layer.out_channels * layer.in_channels * layer.kernel_size ** 2 *
+                ((args[0].shape[2] + 2 * layer.padding - layer.kernel_size) // layer.stride + 1) *
+                ((args[0].shape[3] + 2 * layer.padding - layer.kernel_size) // layer.stride + 1)
+                for layer, args, _ in calls)
+    result = {"whole network": seconds["whole network"], "adder layers (int8 kernel)": adders,
+              "stem (float)": seconds["stem (float)"],
+              "pooling + classifier (float)": seconds["pooling + classifier (float)"]}
+    result["between layers (Python, dispatch)"] = result["whole network"] - sum(
+        v for k, v in result.items() if k != "whole network")
+    return result, terms
+
+
+# ---- the layers alone ----------------------------------------------------------------------------------------
+
+@dataclass
+class LayerRate:
+    threads: int
+    layer: str
+    adder_terms_per_s: float
+    conv_terms_per_s: float
+
+
+def measure_layers(batch: int, warmup: int, repeats: int) -> list[LayerRate]:
+    """The int8 adder layer alone (quantise and pad, sums, output map) and fp32 convolution, ResNet-20's shapes."""
+    rates = []
+    for name, cin, cout, size, k, s, p in RESNET20_LAYERS:
+        x = torch.rand(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
+        qw = int8.quantize(torch.rand(cout, cin, k, k), 1 / 255, 0)
+        packed = int8.pack_filters(qw) if int8.extension_available() else None
+        a, b, w = torch.ones(cout), torch.zeros(cout), torch.rand(cout, cin, k, k)
+        seconds = side_by_side({"adder": lambda: int8.sad_forward(x, 1 / 255, 0, qw, s, p, a, b, packed),
+                                "conv": lambda: F.conv2d(x, w, stride=s, padding=p)}, warmup, repeats)
+        terms = layer_elements(batch, cin, cout, size, k, s, p)
+        rates.append(LayerRate(torch.get_num_threads(), name, terms / seconds["adder"], terms / seconds["conv"]))
+    return rates
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    machine: list[str]
+    limit: SadLimit | None
+    cells: list[Cell]
+    layers: list[LayerRate]
+
+    def as_dict(self) -> dict:
+        return {"machine": self.machine, "sad_limit": asdict(self.limit) if self.limit else None,
+                "cells": [asdict(c) for c in self.cells], "layers": [asdict(r) for r in self.layers]}
+
+
+def run(name: str, threads: list[int], batches: list[int], layer_batch: int, warmup: int, repeats: int) -> Report:
+    limit = sad_limit()
+    cells, layers = [], []
+    for n in threads:
+        torch.set_num_threads(n)
+        cells += [measure_cell(name, batch, warmup, repeats) for batch in batches]
+        layers += measure_layers(layer_batch, warmup, repeats)
+    return Report(machine_lines(limit), limit, cells, layers)
+
+
+def markdown(report: Report) -> str:
+    out = ["\n".join(f"- {line}" for line in report.machine)]
+    for n in sorted({c.threads for c in report.cells}):
+        cells = [c for c in report.cells if c.threads == n]
+        methods = list(cells[0].img_per_s)
+        out.append(f"## ResNet-20 inference, {n} thread{'s' * (n > 1)}: img/s (x the fp32 CNN twin)\n\n"
+                   f"| batch | {' | '.join(methods)} | int8 adder / PyTorch int8 CNN |\n"
+                   f"|---|{'---|' * (len(methods) + 1)}\n" +
+                   "\n".join(f"| {c.batch} | " + " | ".join(
+                       f"{v:,.0f} ({c.ratio(m, CNN_FP32):.2f}x{f', {c.engine}' if m == CNN_INT8 else ''})"
+                       for m, v in c.img_per_s.items()) + f" | {c.ratio(ADDER, CNN_INT8):.2f}x |" for c in cells))
+        parts = list(cells[0].profile)
+        out.append(f"## Where the int8 adder network's time goes, {n} thread{'s' * (n > 1)}: ms per batch "
+                   f"(share of the whole)\n\n"
+                   f"| batch | {' | '.join(parts)} | adder terms/s in the network | layers alone: network at |\n"
+                   f"|---|{'---|' * (len(parts) + 2)}\n" +
+                   "\n".join(f"| {c.batch} | {1000 * c.profile[parts[0]]:.3f} | " + " | ".join(
+                       f"{1000 * c.profile[p]:.3f} ({c.profile[p] / c.profile[parts[0]]:.0%})" for p in parts[1:]) +
+                             f" | {c.terms / c.profile[parts[0]]:.3g} | "
+                             f"{c.profile['adder layers (int8 kernel)'] / c.profile[parts[0]]:.0%} of their rate |"
+                             for c in cells))
+        rates = [r for r in report.layers if r.threads == n]
+        limit = report.limit.terms_per_second * n if report.limit else None
+        out.append(f"## The int8 adder layer alone, {n} thread{'s' * (n > 1)}: terms/s\n\n"
+                   "| layer | int8 adder | fp32 conv2d (channels last) | adder / conv | share of the SAD limit |\n"
+                   "|---|---|---|---|---|\n" +
+                   "\n".join(f"| {r.layer} | {r.adder_terms_per_s:.3g} | {r.conv_terms_per_s:.3g} | "
+                             f"{r.adder_terms_per_s / r.conv_terms_per_s:.2f}x | "
+                             f"{f'{r.adder_terms_per_s / limit:.0%}' if limit else 'n/a'} |" for r in rates))
+    out.append("## Against the goals\n\n" + "\n".join(f"- {line}" for line in goals(report)))
+    return "\n\n".join(out)
+
+
+def goals(report: Report) -> list[str]:
+    """Each goal of the int8 work, computed from this run's figures."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    cells = report.cells
+    vs_fp32 = min(c.ratio(ADDER, CNN_FP32) for c in cells)
+    vs_int8 = min(c.ratio(ADDER, CNN_INT8) for c in cells)
+    share = min(c.profile["adder layers (int8 kernel)"] / c.profile["whole network"] for c in cells)
+    lines = [f"int8 adder >= 2x the fp32 CNN twin at every batch and thread count: lowest {vs_fp32:.2f}x, "
+             f"{verdict(vs_fp32 >= 2)}",
+             f"whole network >= 80% of its layers' summed rate: lowest {share:.0%}, {verdict(share >= 0.8)}"]
+    if report.limit:
+        per_core = report.limit.terms_per_second
+        best = {n: max(r.adder_terms_per_s for r in report.layers if r.threads == n) / (per_core * n)
+                for n in {r.threads for r in report.layers}}
+        lines.append("the adder layer (sums with quantisation and output map) >= 70% of the SAD limit: best layer "
+                     + ", ".join(f"{v:.0%} at {n} thread{'s' * (n > 1)}" for n, v in sorted(best.items())) +
+                     f", {verdict(max(best.values()) >= 0.7)}")
+    by_key = {(c.threads, c.batch): c for c in cells}
+    batch = max(c.batch for c in cells)
+    if (1, batch) in by_key and (2, batch) in by_key:
+        scaling = by_key[(2, batch)].img_per_s[ADDER] / by_key[(1, batch)].img_per_s[ADDER]
+        lines.append(f"2 threads >= 1.8x one thread at batch {batch}: {scaling:.2f}x, {verdict(scaling >= 1.8)}")
+    lines.append(f"int8 adder vs PyTorch's int8 CNN twin: lowest {vs_int8:.2f}x (goal on a CPU without VNNI: >= 1x; "
+                 f"with VNNI: as close as the instruction rates allow)")
+    return lines
