@@ -48,6 +48,7 @@ def main() -> None:
                              "and in PyTorch's int8, where the adder network's time goes, the int8 layers against "
                              "the SAD instruction's measured limit, and the goals (batches 1 8 64 and 1 and 2 threads "
                              "unless --batch-size / --threads say otherwise)")
+    parser.add_argument("--layer-batch", type=int, default=64, help="--int8: batch of the layers measured alone")
     parser.add_argument("--thread-policy", action="store_true",
                         help="CPU training speed by thread count and OpenMP wait policy, idle and with one core busy")
     parser.add_argument("--json", help="write all measurements to this file")
@@ -108,7 +109,7 @@ def main() -> None:
 def int8_report(args) -> None:
     print(f"# int8 inference on the CPU, torch {torch.__version__}\n", flush=True)
     report = int8_benchmark.run("resnet20", [args.threads] if args.threads else [1, 2], args.batch_size or [1, 8, 64],
-                                64, args.warmup, args.repeats)
+                                args.layer_batch, args.warmup, args.repeats)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report.as_dict(), f, indent=2)

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -5,7 +6,8 @@ import torch
 
 from addernet.errors import ConfigError
 from addernet.models import create_model
-from addernet.deploy.quantized import Int8Adder2d, Int8ResidualBlock, calibrate, load_exported, quantize_model
+from addernet.deploy.quantized import (GlobalMean, Int8Adder2d, Int8ResidualBlock, PointwiseLinear, SmallConv2d,
+                                       calibrate, load_exported, prepare_float_layers, quantize_model)
 from addernet.experiments.run import train
 from data_files import write_image_folders
 from hydra_helpers import run_script
@@ -45,7 +47,7 @@ def test_calibration_and_quantisation_keep_a_resnets_predictions():
     quantized = quantize_model(net, params)
     assert sum(isinstance(m, Int8Adder2d) for m in quantized.modules()) == 20
     assert sum(isinstance(m, Int8ResidualBlock) for m in quantized.modules()) == 9  # ReLU and sum in the kernel
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in quantized.stages.modules())  # all folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in quantized.modules())  # all folded, float ones too
     x = torch.randn(64, 3, 16, 16)
     with torch.no_grad():
         agree = (quantized(x).argmax(1) == net(x).argmax(1)).float().mean().item()
@@ -95,9 +97,10 @@ def test_damaged_or_foreign_files_are_refused_clearly(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read as an exported model"):
         load_exported(bad)
     other = tmp_path / "other.pt"
-    torch.save({"format": "addernet-int8", "version": 99}, other)
-    with pytest.raises(ConfigError, match="version 99, this code reads version 2"):
-        load_exported(other)
+    for version in (1, 99):  # 1: written before the float BatchNorms were folded
+        torch.save({"format": "addernet-int8", "version": version}, other)
+        with pytest.raises(ConfigError, match=f"version {version}, this code reads version 2: export"):
+            load_exported(other)
     torch.save({"state_dict": {}}, other)
     with pytest.raises(ConfigError, match="is not an addernet-int8 export"):
         load_exported(other)
@@ -119,3 +122,24 @@ def test_filters_beyond_the_grid_are_clipped_exactly():
     with torch.no_grad():
         expected = adder(x)
     assert (layer(x) - expected).abs().max() <= 72 * scale  # each of 72 terms within a step of rounding
+
+
+def test_preparing_the_float_layers_keeps_a_cnns_outputs():
+    """BatchNorms folded, the stem in the direct loop with its ReLU, the head as mean + linear: as the int8
+    models' float layers and the int8 benchmark's fp32 twin run."""
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=10)
+    with torch.no_grad():  # BatchNorm statistics away from their initial values
+        for _ in range(3):
+            net(torch.randn(16, 3, 16, 16))
+    net.eval()
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        prepared = prepare_float_layers(copy.deepcopy(net))
+        got = prepared(x)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 22  # stem, 18 + 2 in the stages, logits
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    assert isinstance(prepared.stem[0], SmallConv2d) and prepared.stem[0].relu
+    assert isinstance(prepared.pool, GlobalMean) and isinstance(prepared.fc, PointwiseLinear)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

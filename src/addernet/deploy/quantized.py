@@ -13,7 +13,7 @@ inputs (their L1 distance is what is learned). The BatchNorm after each adder la
 kernel's output map (a, b); ReLUs and residual additions happen in the kernel's output pass. The
 multiplicative stem and classifier and the pooling stay in float32 (under 1% of an adder ResNet-20's
 operations), each with its BatchNorm folded into it (one operation less each: at batch 1 every operation
-costs microseconds).
+costs microseconds); a stem of few input channels runs with its ReLU in the kernel's direct loop.
 
 ``python src/export.py ckpt_path=... quantize=int8`` writes :data:`FORMAT` files; :func:`load_exported` reads
 them back without the training code's config (the model is rebuilt from its registry name).
@@ -25,6 +25,7 @@ import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from addernet.errors import ConfigError, first_line
@@ -103,13 +104,15 @@ class Int8ResidualBlock(nn.Module):
         for i, layer in enumerate(layers, 1):
             setattr(self, f"conv{i}", layer)
         self.downsample = downsample
-        self._layers = tuple(layers)  # for forward: attribute lookups by name cost more than small layers
+        # for forward: looking the layers up by name each call costs more than a small layer at batch 1; the
+        # layers are fixed at construction (to change one, build a new block)
+        self._layers = tuple(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = x
         for layer in self._layers[:-1]:
-            out = layer(out, None, True)
+            out = layer(out, None, True)  # (residual, relu): positional, no keyword dict per call
         return self._layers[-1](out, identity, True)
 
 
@@ -125,6 +128,56 @@ def fuse_blocks(model: nn.Module) -> nn.Module:
             if all(isinstance(layer, Int8Adder2d) for layer in layers):
                 parent._modules[name] = Int8ResidualBlock(layers, block.downsample)
     return model
+
+
+class SmallConv2d(nn.Conv2d):
+    """A float convolution with few input channels (a stem) and its ReLU, run by the int8 kernel's direct loop
+    (:func:`addernet.nn.kernels.int8.small_conv`): same parameters and state dict as the nn.Conv2d it replaces."""
+
+    def __init__(self, *args, relu: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.relu = relu
+
+    @staticmethod
+    def fits(conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.in_channels <= 4 and conv.groups == 1 and conv.bias is not None
+                and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+                and len({*conv.kernel_size}) == len({*conv.stride}) == len({*conv.padding}) == 1)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, relu: bool) -> SmallConv2d:
+        small = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, relu=relu)
+        small.load_state_dict(conv.state_dict())
+        return small.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8.small_conv(x, self.weight, self.bias, self.stride[0], self.padding[0], self.relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", relu=True" * self.relu
+
+
+class GlobalMean(nn.Module):
+    """Global average pooling to (N, C, 1, 1) as one ``mean`` (AdaptiveAvgPool2d(1) does the same, slower)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
+class PointwiseLinear(nn.Conv2d):
+    """A 1x1 convolution (a classifier on pooled features) that runs as ``F.linear`` when the map is 1 x 1
+    (a third of the convolution's time at batch 1); same parameters and state dict as the nn.Conv2d."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> PointwiseLinear:
+        linear = cls(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+        linear.load_state_dict(conv.state_dict())
+        return linear.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2:] != (1, 1):
+            return super().forward(x)
+        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
 
 
 def fold_float_batchnorms(model: nn.Module) -> nn.Module:
@@ -143,6 +196,31 @@ def fold_float_batchnorms(model: nn.Module) -> nn.Module:
         names = list(parent._modules)
         for conv_name, bn_name in zip(names, names[1:]):
             fold(parent, conv_name, bn_name)
+    return model
+
+
+def fuse_stems(model: nn.Module) -> nn.Module:
+    """Replace each float convolution with few input channels that is followed by a folded BatchNorm and a
+    ReLU (a stem) by a :class:`SmallConv2d` with the ReLU fused in; the ReLU becomes an ``nn.Identity``."""
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for conv_name, bn_name, relu_name in zip(names, names[1:], names[2:]):
+            conv, bn, relu = (parent._modules[n] for n in (conv_name, bn_name, relu_name))
+            if SmallConv2d.fits(conv) and isinstance(bn, nn.Identity) and isinstance(relu, nn.ReLU):
+                parent._modules[conv_name] = SmallConv2d.from_conv(conv, relu=True)
+                parent._modules[relu_name] = nn.Identity()
+    return model
+
+
+def lighten_head(model: nn.Module) -> nn.Module:
+    """A classifier net's global pooling as one mean and its 1x1 classifier as a linear layer (same results,
+    fewer and cheaper operations: the head was a tenth of the int8 ResNet-20's time at batch 1)."""
+    if isinstance(getattr(model, "pool", None), nn.AdaptiveAvgPool2d) and model.pool.output_size in (1, (1, 1)):
+        model.pool = GlobalMean()
+    fc = getattr(model, "fc", None)
+    if type(fc) is nn.Conv2d and fc.kernel_size == (1, 1) and fc.groups == 1 and fc.stride == (1, 1) \
+            and fc.padding == (0, 0):
+        model.fc = PointwiseLinear.from_conv(fc)
     return model
 
 
@@ -219,7 +297,13 @@ def quantize_model(model: nn.Module, params: dict[str, tuple[float, int]]) -> nn
         parent._modules[adder_name] = Int8Adder2d.from_float(adder, bn, scale, zero_point)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return fold_float_batchnorms(fuse_blocks(quantized)).to(memory_format=torch.channels_last)
+    return prepare_float_layers(fuse_blocks(quantized))
+
+
+def prepare_float_layers(model: nn.Module) -> nn.Module:
+    """The float layers left beside the int8 ones, made cheap to run: BatchNorms folded, the stem's ReLU fused,
+    the head lightened; channels-last memory (the int8 kernel's layout)."""
+    return lighten_head(fuse_stems(fold_float_batchnorms(model))).to(memory_format=torch.channels_last)
 
 
 def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.Module:
@@ -231,7 +315,7 @@ def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.
         parent._modules[adder_name] = Int8Adder2d(**meta)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return fold_float_batchnorms(fuse_blocks(net)).to(memory_format=torch.channels_last)
+    return prepare_float_layers(fuse_blocks(net))
 
 
 def export(quantized: nn.Module, path: Path, *, model_name: str, num_classes: int, class_names: list[str] | None,

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from addernet.nn.kernels import int8
 
@@ -76,15 +77,33 @@ def test_slower_instruction_sets_give_the_same_sums(isa):
 
 
 def test_threads_split_large_layers_and_give_the_same_sums():
-    """A layer large enough to be split across two threads (38M terms; small ones stay on one) gives the same
-    sums."""
+    """A layer large enough to be split across two threads (35M terms; small ones stay on one thread), with
+    position and filter counts that leave partial blocks, and an NCHW residual: exact, channels-last output."""
     torch.manual_seed(1)
-    x, qw = torch.randn(4, 64, 16, 16), int8.quantize(torch.randn(64, 64, 3, 3), 0.05, 128)
-    a, b = torch.linspace(-1, 1, 64), torch.zeros(64)
+    x, qw = torch.randn(4, 64, 15, 15), int8.quantize(torch.randn(60, 64, 3, 3), 0.05, 128)
+    a, b = torch.linspace(-1, 1, 60), torch.zeros(60)
+    residual = torch.randn(4, 60, 15, 15)  # NCHW in memory: the kernel takes any layout
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        y = int8.sad_forward(x, 0.05, 128, qw, 1, 1, a, b)
+        y = int8.sad_forward(x, 0.05, 128, qw, 1, 1, a, b, residual=residual, relu=True)
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(y, int8.sad_forward_reference(x, 0.05, 128, qw, 1, 1, a, b), rtol=0, atol=0)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    expected = int8.sad_forward_reference(x, 0.05, 128, qw, 1, 1, a, b, residual=residual, relu=True)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", [(2, 3, 16, 9, 3, 1, 1), (1, 3, 8, 7, 3, 2, 1), (1, 1, 32, 6, 3, 1, 0),
+                                  (3, 4, 24, 5, 5, 2, 2), (1, 3, 64, 11, 3, 1, 1)], ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_small_convolution_matches_pytorchs(case, relu):
+    """The stem's direct loop: vector paths (8, 16, 32, 64 filters: 4 pixels or 1 at a time, windows past
+    the sides) and the plain one (24 filters), strides, paddings; channels-last output."""
+    n, c, o, size, k, s, p = case
+    torch.manual_seed(sum(case))
+    x, w, b = torch.randn(n, c, size, size), torch.randn(o, c, k, k), torch.randn(o)
+    y = int8.small_conv(x.contiguous(memory_format=torch.channels_last), w, b, s, p, relu)
+    expected = F.conv2d(x, w, b, s, p)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, expected.relu() if relu else expected, rtol=1e-5, atol=1e-5)

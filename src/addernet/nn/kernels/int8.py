@@ -79,6 +79,16 @@ def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor
                                                residual, relu)
 
 
+def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,
+               relu: bool) -> torch.Tensor:
+    """A float convolution with few input channels (a stem), + bias, optional ReLU, channels-last output: the
+    kernel's direct loop (PyTorch's convolution takes a slow path for 3 channels at small batches)."""
+    if not extension_available():
+        y = F.conv2d(x, weight, bias, stride, padding)
+        return (y.relu() if relu else y).contiguous(memory_format=torch.channels_last)
+    return torch.ops.addernet_int8.small_conv(x, weight, bias, stride, padding, relu)
+
+
 def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b, residual=None, relu=False) -> torch.Tensor:
     """The kernel's arithmetic in plain PyTorch: exact integer sums, then the affine map."""
     qx = F.pad(quantize(x, scale, zero_point).float(), (padding,) * 4, value=zero_point)

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -177,10 +178,11 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
 }
 
 // AVX2: a group's 8 filters are two 32-byte halves of 4 lanes each. There are 16 vector registers: P * 2G
-// accumulators, P broadcast input words and one filter vector must fit (P = 3, G = 2: 12 + 3 + 1), or the
-// accumulators live on the stack (a load and a store per instruction: the 4 x 2 block ran 30% slower).
-// Sums are added as 32-bit lanes (each fits: at most 255 * K < 2^32), so that the output map can put a
-// group's 8 sums in one vector: the low words of the two halves, interleaved, then put in filter order.
+// accumulators, P broadcast input words, one filter vector and the instruction's result must fit (P = 4,
+// G = 1: 8 + 4 + 1 + 1), or the accumulators live on the stack (a load and a store per instruction: GCC did
+// that to the 4 x 16-filter block). Sums are added as 32-bit lanes (each fits: at most 255 * K < 2^31,
+// checked), so that the output map can put a group's 8 sums in one vector: the low words of the two halves,
+// interleaved, then put in filter order.
 // one byte group: P input words (masked where the row ends inside the group) against 2G filter halves
 template <int P, int G>
 __attribute__((target("avx2"), always_inline)) inline void sad_step_avx2(__m256i (&acc)[P][2 * G],
@@ -248,7 +250,7 @@ struct Avx2 {
   static void run(const Problem& p, const uint8_t* const* xw, int64_t g, int64_t m) { block_avx2<P, G>(p, xw, g, m); }
 };
 
-// Blocks of B positions x 2 filter groups (16 filters), B as many as the registers allow (Kernel::kPositions);
+// Blocks of B positions x G filter groups, as many as the registers allow (Kernel::kPositions, kGroups);
 // leftovers in blocks of 1 position or 1 group.
 template <template <int, int> class Kernel>
 void positions_blocked(const Problem& p, int64_t begin, int64_t end) {
@@ -356,6 +358,7 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
   TORCH_CHECK(w.size(0) == (O + kLanes - 1) / kLanes && w.size(1) == kh && w.size(2) == (kw * C + 7) / 8,
               "w does not fit the input");
   TORCH_CHECK(b.numel() == O, "a and b need one value per filter");
+  TORCH_CHECK(C > 0 && O > 0 && N > 0, "x and the filters need at least one image, channel and filter");
   TORCH_CHECK(255 * kh * kw * C < (int64_t{1} << 31), "a window of more than 8.4M bytes: its sums overflow 32 bits");
   const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
   const int64_t Ho = (Hp - kh) / stride + 1, Wo = (Wp - kw) / stride + 1;
@@ -393,8 +396,11 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
             res.defined() ? res.data_ptr<float>() : nullptr, relu, Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C,
             w.size(2)};
   const int64_t M = N * Ho * Wo;
-  // threads take whole blocks of positions: 12 is a multiple of both kernels' blocks (4 and 3)
+  // threads take whole blocks of positions
   constexpr int64_t kUnit = 12;
+#ifdef ADDERNET_X86
+  static_assert(kUnit % Avx2<1, 1>::kPositions == 0 && kUnit % Avx512<1, 1>::kPositions == 0);
+#endif
   const int64_t terms_per_unit = kUnit * O * kh * kw * C;
   at::parallel_for(0, (M + kUnit - 1) / kUnit, std::max<int64_t>(1, kMinTermsPerThread / terms_per_unit), [&](int64_t begin, int64_t end) {
     const int64_t m0 = kUnit * begin, m1 = std::min(M, kUnit * end);
@@ -424,6 +430,149 @@ at::Tensor sad_pack(const at::Tensor& qw) {
 }
 
 std::string sad_isa() { return chosen_isa(); }
+
+namespace {
+
+// A float convolution with few input channels (a network's stem: 3 colour channels), + bias, optional ReLU,
+// channels last in and out. PyTorch runs such a convolution on a slow path at small batches (at batch 1 it
+// took a tenth of the int8 ResNet-20's time). Each output pixel's O values accumulate over the window: on
+// AVX2 in G vectors of 8 filters held in registers (O = 8G), else in a plain loop. w: (k, k, C, O).
+struct SmallConv {
+  const float *x, *w, *bias;
+  float* y;
+  int64_t H, W, C, O, k, stride, padding, Ho, Wo;
+  bool relu;
+};
+
+// one output pixel anywhere (the window's parts outside the map are zero padding), in plain C++
+void small_conv_pixel(const SmallConv& p, int64_t n, int64_t i, int64_t j) {
+  float* out = p.y + ((n * p.Ho + i) * p.Wo + j) * p.O;
+  for (int64_t o = 0; o < p.O; ++o) out[o] = p.bias[o];
+  for (int64_t u = 0; u < p.k; ++u) {
+    const int64_t h = i * p.stride + u - p.padding;
+    for (int64_t v = 0; v < p.k && h >= 0 && h < p.H; ++v) {
+      const int64_t c0 = j * p.stride + v - p.padding;
+      if (c0 < 0 || c0 >= p.W) continue;
+      const float* in = p.x + ((n * p.H + h) * p.W + c0) * p.C;
+      const float* wr = p.w + (u * p.k + v) * p.C * p.O;
+      for (int64_t c = 0; c < p.C; ++c)
+        for (int64_t o = 0; o < p.O; ++o) out[o] += in[c] * wr[c * p.O + o];
+    }
+  }
+  if (p.relu)
+    for (int64_t o = 0; o < p.O; ++o) out[o] = std::max(out[o], 0.0f);
+}
+
+void small_conv_rows(const SmallConv& p, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r)
+    for (int64_t j = 0; j < p.Wo; ++j) small_conv_pixel(p, r / p.Ho, r % p.Ho, j);
+}
+
+#ifdef ADDERNET_X86
+// Q pixels of one output row: each window row is one run of k * C inputs (channels last), the filters' row
+// too, unless the window reaches past the map's sides (Checked: then column by column, the rest is zero
+// padding). Q pixels at once give Q * G independent sums (one pixel's G chains of dependent additions were
+// bound by the latency of the addition). Fused multiply-adds: a float layer, rounded as PyTorch's own
+// convolutions round it (they use them too), not bit for bit.
+template <int G, int Q>
+__attribute__((target("avx2,fma"), always_inline)) inline void small_conv_run(__m256 (&acc)[Q][G], const float* in,
+                                                                              const float* wr, int64_t count,
+                                                                              int64_t pixel_step) {
+  for (int64_t t = 0; t < count; ++t) {
+    __m256 value[Q];
+    for (int q = 0; q < Q; ++q) value[q] = _mm256_set1_ps(in[q * pixel_step + t]);
+    for (int g = 0; g < G; ++g) {
+      const __m256 weight = _mm256_loadu_ps(wr + (t * G + g) * 8);
+      for (int q = 0; q < Q; ++q) acc[q][g] = _mm256_fmadd_ps(value[q], weight, acc[q][g]);
+    }
+  }
+}
+
+template <int Q, int G, bool Checked>
+__attribute__((target("avx2,fma"))) inline void small_conv_pixels(const SmallConv& p, int64_t n, int64_t i,
+                                                                  int64_t j) {
+  const int64_t run = p.k * p.C, first = j * p.stride - p.padding;
+  __m256 acc[Q][G];
+  for (int q = 0; q < Q; ++q)
+    for (int g = 0; g < G; ++g) acc[q][g] = _mm256_loadu_ps(p.bias + 8 * g);
+  for (int64_t u = 0; u < p.k; ++u) {
+    const int64_t h = i * p.stride + u - p.padding;
+    if (h < 0 || h >= p.H) continue;
+    const float* row = p.x + (n * p.H + h) * p.W * p.C;
+    const float* wr = p.w + u * run * 8 * G;
+    if (!Checked) {
+      small_conv_run<G, Q>(acc, row + first * p.C, wr, run, p.stride * p.C);
+      continue;
+    }
+    for (int64_t v = 0; v < p.k; ++v)
+      if (first + v >= 0 && first + v < p.W)
+        small_conv_run<G, Q>(acc, row + (first + v) * p.C, wr + v * p.C * 8 * G, p.C, p.stride * p.C);
+  }
+  float* out = p.y + ((n * p.Ho + i) * p.Wo + j) * 8 * G;
+  for (int q = 0; q < Q; ++q)
+    for (int g = 0; g < G; ++g)
+      _mm256_storeu_ps(out + (q * G + g) * 8, p.relu ? _mm256_max_ps(acc[q][g], _mm256_setzero_ps()) : acc[q][g]);
+}
+
+template <int G>
+__attribute__((target("avx2,fma"))) void small_conv_rows_avx2(const SmallConv& p, int64_t begin, int64_t end) {
+  constexpr int Q = G <= 2 ? 4 : 1;  // Q * G accumulators, Q broadcasts and a weight vector in 16 registers
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / p.Ho, i = r % p.Ho;
+    for (int64_t j = 0; j < p.Wo;) {
+      const int64_t first = j * p.stride - p.padding;
+      if (j + Q <= p.Wo && first >= 0 && (j + Q - 1) * p.stride - p.padding + p.k <= p.W) {
+        small_conv_pixels<Q, G, false>(p, n, i, j);
+        j += Q;
+      } else {
+        small_conv_pixels<1, G, true>(p, n, i, j++);
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+// x: float (N, C, H, W); weight (O, C, k, k); bias (O). Returns (N, O, Ho, Wo), channels last.
+at::Tensor small_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, int64_t stride,
+                      int64_t padding, bool relu) {
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && weight.size(2) == weight.size(3) &&
+              weight.size(1) == input.size(1) && bias.numel() == weight.size(0) && input.numel() > 0 &&
+              weight.numel() > 0, "small_conv: x (N, C, H, W), weight (O, C, k, k) and bias (O) do not fit");
+  const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = weight.to(at::kFloat).permute({2, 3, 1, 0}).contiguous();  // (k, k, C, O)
+  const at::Tensor b = bias.to(at::kFloat).contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = weight.size(0), k = weight.size(2);
+  const int64_t Ho = (H + 2 * padding - k) / stride + 1, Wo = (W + 2 * padding - k) / stride + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, "small_conv: the kernel is larger than the padded input");
+  at::Tensor y = at::empty({N, O, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const SmallConv p{x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), H, W, C, O,
+                    k, stride, padding, Ho, Wo, relu};
+#ifdef ADDERNET_X86
+  static const bool fma = __builtin_cpu_supports("fma");
+#else
+  constexpr bool fma = false;
+#endif
+  const bool vector = std::strcmp(chosen_isa(), "portable") != 0 && fma && O % 8 == 0 && O <= 64;
+  const int64_t grain = std::max<int64_t>(1, kMinTermsPerThread / (Wo * O * k * k * C));
+  at::parallel_for(0, N * Ho, grain, [&](int64_t begin, int64_t end) {
+#ifdef ADDERNET_X86
+    if (vector) {
+      switch (O / 8) {
+        case 1: return small_conv_rows_avx2<1>(p, begin, end);
+        case 2: return small_conv_rows_avx2<2>(p, begin, end);
+        case 4: return small_conv_rows_avx2<4>(p, begin, end);
+        case 8: return small_conv_rows_avx2<8>(p, begin, end);
+        default: break;
+      }
+    }
+#endif
+    (void)vector;
+    small_conv_rows(p, begin, end);
+  });
+  return y;
+}
 
 #ifdef ADDERNET_X86
 // The limits the kernel is judged against, measured rather than taken from tables (a VM's clock is unknown):
@@ -470,15 +619,28 @@ ADDERNET_SAD_RATE(sad_rate_avx512, "avx512f,avx512bw")
 #undef ADDERNET_SAD_OP
 #endif
 
-// (SAD instructions per second on one core, byte pairs per instruction, the core's clock in Hz) for the
-// kernel's instruction set; zeros on the portable path (no such instruction).
-std::vector<double> sad_limit() {
+// (SAD instructions per second on `threads` cores at once, summed, byte pairs per instruction, the clock in
+// Hz of the first core) for the kernel's instruction set; zeros on the portable path (no such instruction).
+// All threads run together: cores that share execution units (SMT siblings) show it as a lower sum.
+std::vector<double> sad_limit(int64_t threads) {
 #ifdef ADDERNET_X86
   constexpr int64_t kIterations = 20'000'000;
-  if (std::strcmp(chosen_isa(), "avx512bw") == 0)
-    return {sad_rate_avx512(kIterations), 64.0, clock_hz()};
-  if (std::strcmp(chosen_isa(), "avx2") == 0) return {sad_rate_avx2(kIterations), 32.0, clock_hz()};
+  const bool avx512 = std::strcmp(chosen_isa(), "avx512bw") == 0;
+  if (avx512 || std::strcmp(chosen_isa(), "avx2") == 0) {
+    std::vector<double> rates(threads, 0.0);
+    double clock = 0.0;
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num();
+      rates[t] = avx512 ? sad_rate_avx512(kIterations) : sad_rate_avx2(kIterations);
+      if (t == 0) clock = clock_hz();
+    }
+    double total = 0.0;
+    for (double r : rates) total += r;
+    return {total, avx512 ? 64.0 : 32.0, clock};
+  }
 #endif
+  (void)threads;
   return {0.0, 0.0, 0.0};
 }
 
@@ -487,7 +649,11 @@ TORCH_LIBRARY(addernet_int8, m) {
         "Tensor a, Tensor b, Tensor? residual, bool relu) -> Tensor");
   m.def("sad_isa() -> str", &sad_isa);
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
-  m.def("sad_limit() -> float[]", &sad_limit);
+  m.def("sad_limit(int threads) -> float[]", &sad_limit);
+  m.def("small_conv(Tensor x, Tensor weight, Tensor bias, int stride, int padding, bool relu) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(addernet_int8, CPU, m) { m.impl("sad_forward", sad_forward); }
+TORCH_LIBRARY_IMPL(addernet_int8, CPU, m) {
+  m.impl("sad_forward", sad_forward);
+  m.impl("small_conv", small_conv);
+}
