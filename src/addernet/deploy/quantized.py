@@ -140,7 +140,9 @@ class SmallConv2d(nn.Conv2d):
 
     @staticmethod
     def fits(conv: nn.Module) -> bool:
+        """A plain convolution the direct loop runs faster than PyTorch here (few inputs, a vector path)."""
         return (type(conv) is nn.Conv2d and conv.in_channels <= 4 and conv.groups == 1 and conv.bias is not None
+                and int8.small_conv_is_fast(conv.out_channels)
                 and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
                 and len({*conv.kernel_size}) == len({*conv.stride}) == len({*conv.padding}) == 1)
 
@@ -200,9 +202,10 @@ def fold_float_batchnorms(model: nn.Module) -> nn.Module:
 
 
 def fuse_stems(model: nn.Module) -> nn.Module:
-    """Replace each float convolution with few input channels that is followed by a folded BatchNorm and a
-    ReLU (a stem) by a :class:`SmallConv2d` with the ReLU fused in; the ReLU becomes an ``nn.Identity``."""
-    for parent in list(model.modules()):
+    """In each nn.Sequential, replace a float convolution with few input channels that is followed by a
+    folded BatchNorm and a ReLU (a stem) by a :class:`SmallConv2d` with the ReLU fused in, where the direct
+    loop has a vector path for its filter count; the ReLU becomes an ``nn.Identity``."""
+    for parent in [m for m in model.modules() if isinstance(m, nn.Sequential)]:  # order = data flow there
         names = list(parent._modules)
         for conv_name, bn_name, relu_name in zip(names, names[1:], names[2:]):
             conv, bn, relu = (parent._modules[n] for n in (conv_name, bn_name, relu_name))

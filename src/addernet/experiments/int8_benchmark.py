@@ -5,7 +5,8 @@ each): a slow stretch of a shared or virtual machine falls on all of them alike,
 when absolute speeds drift. ``python src/bench.py --int8`` prints:
 
 - the machine: CPU model, the instruction sets the kernel and PyTorch use, and the SAD instruction's limit
-  measured on this core (its issue rate over independent register chains, and the clock);
+  measured on one core and on all the run's cores at once (its issue rate over independent register
+  chains, and the clock);
 - per thread count and batch size: images per second of the int8 adder ResNet-20, its CNN twin in float32
   (channels last) and in PyTorch's int8 (FX post-training quantisation, the fastest engine here);
 - where the int8 adder network's time goes: each adder layer timed alone on the inputs it gets inside the
@@ -76,7 +77,8 @@ def sad_limit(threads: int, tries: int = 7) -> SadLimit | None:
     or its SIMD): the best of ``tries`` (a limit; slower tries met a busy or not yet clocked-up core)."""
     if not int8.extension_available():
         return None
-    rate, pairs, clock = max(torch.ops.addernet_int8.sad_limit(threads) for _ in range(tries))
+    measured = [torch.ops.addernet_int8.sad_limit(threads) for _ in range(tries)]
+    rate, pairs, clock = max(m[0] for m in measured), measured[0][1], max(m[2] for m in measured)
     return SadLimit(threads, rate, int(pairs), clock) if rate > 0 else None
 
 

@@ -94,16 +94,38 @@ def test_threads_split_large_layers_and_give_the_same_sums():
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", [(2, 3, 16, 9, 3, 1, 1), (1, 3, 8, 7, 3, 2, 1), (1, 1, 32, 6, 3, 1, 0),
-                                  (3, 4, 24, 5, 5, 2, 2), (1, 3, 64, 11, 3, 1, 1)], ids=str)
+# (batch, in, out, height, width, kernel, stride, padding)
+SMALL_CONV_CASES = [(2, 3, 16, 9, 9, 3, 1, 1), (1, 3, 16, 32, 20, 3, 2, 1), (2, 3, 64, 40, 33, 7, 2, 3),
+                    (1, 1, 32, 6, 6, 3, 1, 0), (1, 3, 8, 2, 5, 3, 1, 1), (3, 4, 24, 5, 5, 5, 2, 2),
+                    (4, 3, 16, 64, 64, 3, 1, 1)]
+
+
+@pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
+@pytest.mark.parametrize("case", SMALL_CONV_CASES, ids=str)
 @pytest.mark.parametrize("relu", [False, True])
 def test_small_convolution_matches_pytorchs(case, relu):
-    """The stem's direct loop: vector paths (8, 16, 32, 64 filters: 4 pixels or 1 at a time, windows past
-    the sides) and the plain one (24 filters), strides, paddings; channels-last output."""
-    n, c, o, size, k, s, p = case
+    """The stem's direct loop: vector paths (8, 16, 32, 64 filters: 4 pixels at a time inside, 1 at the sides,
+    stride 2, a 7x7 ImageNet stem, maps not square and smaller than the kernel, one large enough for two
+    threads) and the plain one (24 filters); channels-last output."""
+    n, c, o, h, w, k, s, p = case
     torch.manual_seed(sum(case))
-    x, w, b = torch.randn(n, c, size, size), torch.randn(o, c, k, k), torch.randn(o)
-    y = int8.small_conv(x.contiguous(memory_format=torch.channels_last), w, b, s, p, relu)
-    expected = F.conv2d(x, w, b, s, p)
+    x, weight, b = torch.randn(n, c, h, w), torch.randn(o, c, k, k), torch.randn(o)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y = int8.small_conv(x.contiguous(memory_format=torch.channels_last), weight, b, s, p, relu)
+    finally:
+        torch.set_num_threads(threads)
+    expected = F.conv2d(x, weight, b, s, p)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, expected.relu() if relu else expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
+def test_kernels_refuse_windows_larger_than_the_padded_map():
+    x, w = torch.randn(1, 3, 2, 2), torch.randn(4, 3, 3, 3)
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        int8.small_conv(x, w, torch.zeros(4), 2, 0, False)
+    qw = int8.quantize(w, 0.05, 128)
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        int8.sad_forward(x, 0.05, 128, qw, 2, 0, torch.ones(4), torch.zeros(4))

@@ -89,6 +89,11 @@ def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride
     return torch.ops.addernet_int8.small_conv(x, weight, bias, stride, padding, relu)
 
 
+def small_conv_is_fast(filters: int) -> bool:
+    """Whether :func:`small_conv` has a vector path for this many filters here (else PyTorch's is faster)."""
+    return extension_available() and torch.ops.addernet_int8.small_conv_is_fast(filters)
+
+
 def sad_forward_reference(x, scale, zero_point, qw, stride, padding, a, b, residual=None, relu=False) -> torch.Tensor:
     """The kernel's arithmetic in plain PyTorch: exact integer sums, then the affine map."""
     qx = F.pad(quantize(x, scale, zero_point).float(), (padding,) * 4, value=zero_point)

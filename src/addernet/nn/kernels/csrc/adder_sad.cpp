@@ -360,9 +360,10 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
   TORCH_CHECK(b.numel() == O, "a and b need one value per filter");
   TORCH_CHECK(C > 0 && O > 0 && N > 0, "x and the filters need at least one image, channel and filter");
   TORCH_CHECK(255 * kh * kw * C < (int64_t{1} << 31), "a window of more than 8.4M bytes: its sums overflow 32 bits");
+  TORCH_CHECK(stride >= 1 && padding >= 0, "stride must be >= 1 and padding >= 0");
   const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
+  TORCH_CHECK(Hp >= kh && Wp >= kw, "the kernel is larger than the padded input");
   const int64_t Ho = (Hp - kh) / stride + 1, Wo = (Wp - kw) / stride + 1;
-  TORCH_CHECK(Ho > 0 && Wo > 0, "the kernel is larger than the padded input");
 
   // quantise and pad, channels last, with slack for the last vector loads
   at::Tensor xq = at::empty({N * Hp * Wp * C + kSlack}, x.options().dtype(at::kByte));
@@ -534,6 +535,17 @@ __attribute__((target("avx2,fma"))) void small_conv_rows_avx2(const SmallConv& p
 
 }  // namespace
 
+// whether small_conv has a vector path for O filters on this CPU (else a plain loop, slower than PyTorch's)
+bool small_conv_is_fast(int64_t O) {
+#ifdef ADDERNET_X86
+  static const bool fma = __builtin_cpu_supports("fma");
+  return std::strcmp(chosen_isa(), "portable") != 0 && fma && (O == 8 || O == 16 || O == 32 || O == 64);
+#else
+  (void)O;
+  return false;
+#endif
+}
+
 // x: float (N, C, H, W); weight (O, C, k, k); bias (O). Returns (N, O, Ho, Wo), channels last.
 at::Tensor small_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, int64_t stride,
                       int64_t padding, bool relu) {
@@ -544,17 +556,13 @@ at::Tensor small_conv(const at::Tensor& input, const at::Tensor& weight, const a
   const at::Tensor w = weight.to(at::kFloat).permute({2, 3, 1, 0}).contiguous();  // (k, k, C, O)
   const at::Tensor b = bias.to(at::kFloat).contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = weight.size(0), k = weight.size(2);
+  TORCH_CHECK(stride >= 1 && padding >= 0, "small_conv: stride must be >= 1 and padding >= 0");
+  TORCH_CHECK(H + 2 * padding >= k && W + 2 * padding >= k, "small_conv: the kernel is larger than the padded input");
   const int64_t Ho = (H + 2 * padding - k) / stride + 1, Wo = (W + 2 * padding - k) / stride + 1;
-  TORCH_CHECK(Ho > 0 && Wo > 0, "small_conv: the kernel is larger than the padded input");
   at::Tensor y = at::empty({N, O, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const SmallConv p{x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), y.data_ptr<float>(), H, W, C, O,
                     k, stride, padding, Ho, Wo, relu};
-#ifdef ADDERNET_X86
-  static const bool fma = __builtin_cpu_supports("fma");
-#else
-  constexpr bool fma = false;
-#endif
-  const bool vector = std::strcmp(chosen_isa(), "portable") != 0 && fma && O % 8 == 0 && O <= 64;
+  const bool vector = small_conv_is_fast(O);
   const int64_t grain = std::max<int64_t>(1, kMinTermsPerThread / (Wo * O * k * k * C));
   at::parallel_for(0, N * Ho, grain, [&](int64_t begin, int64_t end) {
 #ifdef ADDERNET_X86
@@ -626,15 +634,20 @@ std::vector<double> sad_limit(int64_t threads) {
 #ifdef ADDERNET_X86
   constexpr int64_t kIterations = 20'000'000;
   const bool avx512 = std::strcmp(chosen_isa(), "avx512bw") == 0;
+  TORCH_CHECK(threads >= 1, "sad_limit: threads must be >= 1");
   if (avx512 || std::strcmp(chosen_isa(), "avx2") == 0) {
     std::vector<double> rates(threads, 0.0);
     double clock = 0.0;
+    int team = 0;
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num();
+      if (t == 0) team = omp_get_num_threads();
+#pragma omp barrier
       rates[t] = avx512 ? sad_rate_avx512(kIterations) : sad_rate_avx2(kIterations);
       if (t == 0) clock = clock_hz();
     }
+    TORCH_CHECK(team == threads, "sad_limit: OpenMP gave ", team, " threads, not ", threads);
     double total = 0.0;
     for (double r : rates) total += r;
     return {total, avx512 ? 64.0 : 32.0, clock};
@@ -651,6 +664,7 @@ TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
   m.def("sad_limit(int threads) -> float[]", &sad_limit);
   m.def("small_conv(Tensor x, Tensor weight, Tensor bias, int stride, int padding, bool relu) -> Tensor");
+  m.def("small_conv_is_fast(int filters) -> bool", &small_conv_is_fast);
 }
 
 TORCH_LIBRARY_IMPL(addernet_int8, CPU, m) {
