@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from addernet.deploy.quantized import Int8Adder2d, calibrate, prepare_float_layers, quantize_model
 from addernet.experiments.benchmark import RESNET20_LAYERS, layer_elements
 from addernet.models import create_model
-from addernet.nn.kernels import int8
+from addernet.nn.kernels import get_backend, int8, set_backend
 from addernet.system import device_name
 
 IMAGE = (3, 32, 32)
@@ -117,9 +117,17 @@ def machine_lines(limits: list[SadLimit]) -> list[str]:
 # ---- the models ----------------------------------------------------------------------------------------------
 
 def int8_adder(name: str, x: torch.Tensor) -> torch.nn.Module:
-    """The adder network quantised as ``src/export.py`` does (random weights: speed does not depend on them)."""
+    """The adder network quantised as ``src/export.py`` does (random weights: speed does not depend on them).
+    Calibration runs the float layers on the plain-PyTorch backend: one forward, where compiling the fast
+    CPU kernels would take longer than the rest of a short run."""
     net = create_model(f"adder_{name}", num_classes=10).eval()
-    return quantize_model(net, calibrate(net, [x]))
+    previous = get_backend()
+    set_backend("reference")
+    try:
+        params = calibrate(net, [x])
+    finally:
+        set_backend(previous)
+    return quantize_model(net, params)
 
 
 def int8_cnn(name: str, x: torch.Tensor) -> tuple[torch.nn.Module, str]:
