@@ -1,6 +1,8 @@
 """The int8 SAD kernel against an integer brute force, on every instruction set this CPU has."""
 
 import os
+import platform
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from addernet.experiments.int8_benchmark import cpu_flags
 from addernet.nn.kernels import int8
 
 # (batch, in, out, size, kernel, stride, padding): stride, padding, 1x1 and 3x3, odd channel counts, batch 1,
@@ -129,3 +132,15 @@ def test_kernels_refuse_windows_larger_than_the_padded_map():
     qw = int8.quantize(w, 0.05, 128)
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         int8.sad_forward(x, 0.05, 128, qw, 2, 0, torch.ones(4), torch.zeros(4))
+
+
+def test_the_kernel_is_built_and_runs_the_cpus_best_instructions():
+    """Where a C++ compiler is, no test may pass on the plain-PyTorch fallback unseen."""
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler: the kernel cannot be built here")
+    assert int8.extension_available()
+    flags = cpu_flags()  # empty where /proc/cpuinfo is not
+    if platform.machine() not in ("x86_64", "AMD64") or os.environ.get("ADDERNET_SAD_ISA") or not flags:
+        return
+    best = "avx512bw" if {"avx512f", "avx512bw", "avx512dq"} <= flags else "avx2" if "avx2" in flags else "portable"
+    assert int8.instruction_set() == best
