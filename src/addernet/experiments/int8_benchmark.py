@@ -52,12 +52,21 @@ def side_by_side(fns: dict[str, Callable[[], object]], warmup: int, repeats: int
 
 # ---- the machine ---------------------------------------------------------------------------------------------
 
-def cpu_flags() -> set[str]:
+def cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            return set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
-    except (OSError, StopIteration):
-        return set()
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    return set(cpuinfo().get("flags", "").split())
 
 
 @dataclass
@@ -87,14 +96,7 @@ VNNI = ("avx512_vnni", "avx_vnni")
 
 def cpu_identity() -> str:
     """The CPU model with its family and model numbers (a VM's model name alone can hide the generation)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    fields = cpuinfo()
     numbers = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else ""
     return device_name("cpu") + numbers
 
@@ -189,8 +191,14 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     the network; the rest is what the parts alone do not show (Python and dispatch between them, the blocks'
     bookkeeping, and the cost of fresh memory for each map, which repeated calls of one part do not pay)."""
     calls: list[tuple[Int8Adder2d, tuple, dict]] = []
-    hooks = [m.register_forward_hook(lambda m, args, kwargs, out: calls.append((m, args, kwargs)), with_kwargs=True)
-             for m in model.modules() if isinstance(m, Int8Adder2d)]
+    terms = 0  # each output value sums in_channels * k * k terms
+
+    def keep(layer, args, kwargs, out):
+        nonlocal terms
+        calls.append((layer, args, kwargs))
+        terms += out.numel() * layer.in_channels * layer.kernel_size ** 2
+
+    hooks = [m.register_forward_hook(keep, with_kwargs=True) for m in model.modules() if isinstance(m, Int8Adder2d)]
     with torch.no_grad():
         try:
             features = model.stages(model.stem(x))
@@ -203,10 +211,6 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
         parts[f"adder layer {i}"] = lambda layer=layer, args=args, kwargs=kwargs: layer(*args, **kwargs)
     seconds = side_by_side(parts, warmup, repeats)
     adders = sum(s for p, s in seconds.items() if p.startswith("adder layer"))
-    terms = sum(args[0].shape[0] * layer.out_channels * layer.in_channels * layer.kernel_size ** 2 *
-                ((args[0].shape[2] + 2 * layer.padding - layer.kernel_size) // layer.stride + 1) *
-                ((args[0].shape[3] + 2 * layer.padding - layer.kernel_size) // layer.stride + 1)
-                for layer, args, _ in calls)
     result = {"whole network": seconds["whole network"], "adder layers (int8 kernel)": adders,
               "stem (float)": seconds["stem (float)"],
               "pooling + classifier (float)": seconds["pooling + classifier (float)"]}

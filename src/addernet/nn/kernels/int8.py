@@ -82,10 +82,10 @@ def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor
 def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,
                relu: bool) -> torch.Tensor:
     """A float convolution with few input channels (a stem), + bias, optional ReLU, channels-last output: the
-    kernel's direct loop (PyTorch's convolution takes a slow path for 3 channels at small batches)."""
+    kernel's direct loop (PyTorch's convolution takes a slow path for 3 channels at small batches); needs the
+    extension (callers check :func:`small_conv_is_fast`)."""
     if not extension_available():
-        y = F.conv2d(x, weight, bias, stride, padding)
-        return (y.relu() if relu else y).contiguous(memory_format=torch.channels_last)
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); small_conv runs without it")
     return torch.ops.addernet_int8.small_conv(x, weight, bias, stride, padding, relu)
 
 
