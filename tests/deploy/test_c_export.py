@@ -93,6 +93,32 @@ def test_the_portable_sum_of_absolute_differences_gives_the_same_logits(name, sh
     assert_bit_identical(output, program, images)
 
 
+def sanitizers_work(tmp_path) -> bool:
+    """Whether the C compiler builds and runs a program with AddressSanitizer and UndefinedBehaviorSanitizer."""
+    (tmp_path / "probe.c").write_text("int main(void) { return 0; }\n")
+    built = subprocess.run(["cc", "-fsanitize=address,undefined", "-o", str(tmp_path / "probe"),
+                            str(tmp_path / "probe.c")], capture_output=True)
+    return built.returncode == 0 and subprocess.run([str(tmp_path / "probe")]).returncode == 0
+
+
+@needs_cc
+@pytest.mark.parametrize("name, shape, classes", [("adder_lenet5_bn", (1, 28, 28), 3),  # gathered windows
+                                                  ("adder_resnet20", (3, 32, 32), 10)])  # in place, and gathered
+def test_the_runtime_stays_inside_its_arena_and_scratch(name, shape, classes, tmp_path):
+    """Built with AddressSanitizer (the arena, scratch and weights are static arrays, which it guards) and
+    UndefinedBehaviorSanitizer: an export that sizes a buffer too small fails here, not by chance elsewhere."""
+    if not sanitizers_work(tmp_path):
+        pytest.skip("the C compiler cannot build with -fsanitize=address,undefined (libasan, libubsan)")
+    program, images = program_of(name, shape, num_classes=classes)
+    images = images[:3]  # an odd number of images, and LeNet's last positions alone
+    build(program, tmp_path / "project",
+          "CFLAGS=-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer")
+    result = subprocess.run([str(tmp_path / "project" / "addernet"), "-l"], input=hwc_bytes(images),
+                            capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    assert_bit_identical(result.stdout.decode(), program, images)
+
+
 @needs_cc
 def test_a_truncated_input_is_one_line_with_status_2(tmp_path):
     program, images = program_of("adder_lenet5_bn", (1, 28, 28))

@@ -1,8 +1,8 @@
 """An integer adder network (:mod:`addernet.deploy.integer`) as a self-contained C project.
 
 The project holds the runtime (``c_runtime/``: C99, no heap), ``model.c``/``model.h`` written here (const
-weights, the layer table, a static arena whose size is planned here from when each map is last read), a host
-``main.c`` and a Makefile (host build, or ``TARGET=cortex-m4``).
+weights in the runtime's layouts, the layer table, a static arena whose size is planned here from when each map
+is last read), a host ``main.c`` and a Makefile (host build, or ``TARGET=cortex-m4``).
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ def plan_arena(program: Program, align: int = 4) -> tuple[list[int], int]:
 
 
 def _scratch_words(program: Program) -> int:
-    """The runtime's scratch, in 32-bit words: a window layer's sums at one position (one per output channel)
-    followed by a window row of padding bytes; the head's sums (one per channel)."""
+    """The runtime's scratch, in 32-bit words: a window layer's sums at two positions (a word per output channel,
+    in whole groups of four) followed by two gathered windows (k*k*C bytes each, in whole words); the head's sums
+    (one per channel)."""
     words = 1
     for layer in program.layers:
         channels = program.maps[layer.src].shape[0] if layer.src >= 0 else program.image_shape[0]
         if layer.kind in ("conv", "adder"):
             outputs = program.maps[layer.dst].shape[0] if layer.dst >= 0 else program.num_classes
-            words = max(words, outputs + (layer.kernel * channels + 3) // 4)
+            words = max(words, 2 * _round_to_words(outputs) + 2 * _round_to_words(layer.kernel ** 2 * channels) // 4)
         elif layer.kind == "head":
             words = max(words, channels)
     return words
@@ -69,17 +70,41 @@ def _array(ctype: str, name: str, values: torch.Tensor) -> str:
             + ",\n    ".join(rows) + "\n};\n")
 
 
-def _layer_arrays(n: int, layer: Layer) -> tuple[str, str, str, str]:
-    """C arrays of a layer, and the names its table entry points at."""
-    code, weight, m, c = "", "0", "0", "0"
-    if layer.weight is not None:
+def _round_to_words(n: int) -> int:
+    """n bytes rounded up to whole 32-bit words, in bytes"""
+    return -(-n // 4) * 4
+
+
+def c_weights(layer: Layer, zero_point: int) -> torch.Tensor | None:
+    """A layer's weights as the runtime reads them (addernet.h): window layers' filters padded to a multiple of
+    four (copies of the last, whose sums are dropped); an adder layer's window padded to whole words with the
+    input's zero point (|z - z| = 0 against the zero-point bytes after a gathered window), and the four filters
+    of a group interleaved word by word, so that one input word meets four filters' words in a row."""
+    w = layer.weight
+    if w is None or layer.kind not in ("conv", "adder"):
+        return w
+    o = w.shape[0]
+    w = torch.cat([w, w[-1:].expand(-o % 4, -1, -1, -1)], 0).reshape(o + -o % 4, -1)
+    if layer.kind == "conv":
+        return w
+    w = torch.cat([w, w.new_full((w.shape[0], -w.shape[1] % 4), zero_point)], 1)
+    return w.reshape(w.shape[0] // 4, 4, -1, 4).transpose(1, 2).contiguous()
+
+
+def _layer_arrays(n: int, layer: Layer, zero_point: int) -> tuple[str, str, str, str, int]:
+    """C arrays of a layer, the names its table entry points at, and their bytes."""
+    code, weight, m, c, size = "", "0", "0", "0", 0
+    w = c_weights(layer, zero_point)
+    if w is not None:
         ctype = "int8_t" if layer.kind in ("conv", "head") else "uint8_t"
         weight = f"weight{n}"
-        code += _array(ctype, weight, layer.weight)
+        code += _array(ctype, weight, w)
+        size += w.numel()
     if layer.m is not None:
         m, c = f"m{n}", f"c{n}"
         code += _array("float", m, layer.m) + _array("float", c, layer.c)
-    return code, weight, m, c
+        size += 4 * (layer.m.numel() + layer.c.numel())
+    return code, weight, m, c, size
 
 
 def write_c_project(program: Program, out: Path, class_names: list[str] | None = None) -> dict:
@@ -96,10 +121,10 @@ def write_c_project(program: Program, out: Path, class_names: list[str] | None =
     scratch_words = _scratch_words(program)
     arrays, entries, weight_bytes = [], [], 0
     for n, layer in enumerate(program.layers):
-        code, weight, m, c = _layer_arrays(n, layer)
+        zero_point = program.maps[layer.src].zero_point if layer.src >= 0 else 0
+        code, weight, m, c, size = _layer_arrays(n, layer, zero_point)
         arrays.append(code)
-        weight_bytes += sum(t.numel() * t.element_size() for t in (layer.weight, layer.m, layer.c)
-                            if t is not None)
+        weight_bytes += size
         residual = -1 if layer.residual is None else layer.residual
         k = float.hex(float(torch.tensor(layer.k, dtype=torch.float32)))  # the float32 value run() multiplies by
         entries.append(f"    {{{KINDS[layer.kind]}, {layer.kernel}, {layer.stride}, {layer.padding}, "

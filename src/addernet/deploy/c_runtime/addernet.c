@@ -12,79 +12,158 @@
 #error "float operations must round to float32 (FLT_EVAL_METHOD 0): on 32-bit x86 use -msse2 -mfpmath=sse"
 #endif
 
-/* Which sum-of-absolute-differences code is compiled: USADA8 (ARMv7E-M DSP, GCC-style inline assembly),
- * PSADBW (x86 SSE2), or portable C; -DADDERNET_PORTABLE forces the last (the tests compare all of them).
- * The assembly loop needs 13 registers at once and word loads from any address: it is left out without
- * optimisation (-O0 keeps a frame pointer, leaving too few registers) and with -mno-unaligned-access. */
-#if defined(__ARM_FEATURE_SIMD32) && defined(__ARM_FEATURE_UNALIGNED) && defined(__GNUC__) && \
-    defined(__OPTIMIZE__) && !defined(ADDERNET_PORTABLE)
+/* Which sum-of-absolute-differences code is compiled: USADA8 (ARMv7E-M DSP, GCC-style assembly), PSADBW (x86
+ * SSE2), or portable C; -DADDERNET_PORTABLE forces the last (the tests compare all of them). Every word the sums
+ * load is aligned: window rows of whole words (C a multiple of 4) in word-aligned maps, or gathered windows in
+ * the word-aligned scratch. */
+#if defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__) && !defined(ADDERNET_PORTABLE)
 #define AN_USADA8 1
 #elif defined(__SSE2__) && !defined(ADDERNET_PORTABLE)
 #define AN_PSADBW 1
 #include <emmintrin.h>
 #endif
 
-/* the sums' kernel goes into each place that calls it: no call per output position and group of filters */
-#if defined(__GNUC__)
-#define AN_INLINE static inline __attribute__((always_inline))
-#else
-#define AN_INLINE static inline
-#endif
+/* An adder layer's sums at two output positions, for all its groups of four filters (interleaved word by word:
+ * word i of the group's filter f at 16 i + 4 f), over the same runs of each window: `rows` runs of head + body
+ * bytes, a run's end `skip` bytes before the next run's start. The second window starts `second` bytes after the
+ * first. The first position's sums go to out[0, 4 groups), the second's `second_out` bytes further. */
+typedef struct {
+    int32_t second;      /* bytes from the first window to the second */
+    int32_t head;        /* a run's bytes before its whole 16-byte blocks (run bytes % 16) */
+    int32_t body;        /* the rest of the run: whole 16-byte blocks */
+    int32_t skip;        /* bytes from a run's end to the next run's start */
+    int32_t rows;        /* runs per window */
+    int32_t groups;      /* groups of four filters */
+    int32_t second_out;  /* bytes from the first position's sums to the second's: 16 per group */
+} an_pair_args;
 
-/* acc[f] += sum |x[i] - w[f][i]| over `rows` runs of n bytes, for four filters f, each input word loaded once
- * for all four. The runs of x start `stride` bytes apart; each filter's runs follow one another. */
-AN_INLINE void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n,
-                       uint32_t acc[4]) {
-    const uint8_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-    uint32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+#if defined(AN_USADA8)
+/* ARMv7E-M: each filter word loaded once for both positions (6 loads per 8 USADA8, against 5 per 4 for one
+ * position), the 16-byte blocks of a row unrolled, everything in registers: r0 the first window, r1 the filters,
+ * r2 the second window's offset, r3 a filter word, r4-r7 and r8-r11 the two positions' sums, r12 and lr the two
+ * input words. [sp]: where the next sums go, [sp+4]: args, [sp+8]: the first window's start, [sp+12]: rows left,
+ * [sp+16]: where the current run of steps ends, [sp+20]: groups left. Filter groups follow each other in w. */
+void an_sad_pair_armv7em(const uint8_t *x, const uint8_t *w, const an_pair_args *args, uint32_t *out);
+__asm__(".pushsection .text.an_sad_pair_armv7em,\"ax\",%progbits\n"
+        ".syntax unified\n"
+        ".thumb\n"
+        ".balign 4\n"
+        ".global an_sad_pair_armv7em\n"
+        ".type an_sad_pair_armv7em, %function\n"
+        ".thumb_func\n"
+        ".macro AN_PAIR_STEP\n"
+        "ldr lr, [r0, r2]\n"
+        "ldr r12, [r0], #4\n"
+        "ldr r3, [r1], #4\n"
+        "usada8 r4, r12, r3, r4\n"
+        "usada8 r8, lr, r3, r8\n"
+        "ldr r3, [r1], #4\n"
+        "usada8 r5, r12, r3, r5\n"
+        "usada8 r9, lr, r3, r9\n"
+        "ldr r3, [r1], #4\n"
+        "usada8 r6, r12, r3, r6\n"
+        "usada8 r10, lr, r3, r10\n"
+        "ldr r3, [r1], #4\n"
+        "usada8 r7, r12, r3, r7\n"
+        "usada8 r11, lr, r3, r11\n"
+        ".endm\n"
+        "an_sad_pair_armv7em:\n"
+        "push {r4-r11, lr}\n"
+        "sub sp, sp, #24\n"
+        "str r3, [sp]\n"
+        "str r2, [sp, #4]\n"
+        "str r0, [sp, #8]\n"
+        "ldr r3, [r2, #20]\n"
+        "str r3, [sp, #20]\n"
+        "ldr r2, [r2]\n"
+        "1:\n"  /* a group of four filters */
+        "mov r4, #0\n mov r5, #0\n mov r6, #0\n mov r7, #0\n"
+        "mov r8, #0\n mov r9, #0\n mov r10, #0\n mov r11, #0\n"
+        "ldr r0, [sp, #8]\n"
+        "ldr r3, [sp, #4]\n"
+        "ldr r3, [r3, #16]\n"
+        "str r3, [sp, #12]\n"
+        "2:\n"  /* a window row: single words up to its first whole block, then blocks of four */
+        "ldr r3, [sp, #4]\n"
+        "ldr r3, [r3, #4]\n"
+        "add r3, r0, r3\n"
+        "str r3, [sp, #16]\n"
+        "b 4f\n"
+        "3:\n"
+        "AN_PAIR_STEP\n"
+        "4:\n"
+        "ldr r3, [sp, #16]\n"
+        "cmp r0, r3\n"
+        "bne 3b\n"
+        "ldr r3, [sp, #4]\n"
+        "ldr r3, [r3, #8]\n"
+        "add r3, r0, r3\n"
+        "str r3, [sp, #16]\n"
+        "b 6f\n"
+        "5:\n"
+        "AN_PAIR_STEP\n AN_PAIR_STEP\n AN_PAIR_STEP\n AN_PAIR_STEP\n"
+        "6:\n"
+        "ldr r3, [sp, #16]\n"
+        "cmp r0, r3\n"
+        "bne 5b\n"
+        "ldr r3, [sp, #4]\n"
+        "ldr r3, [r3, #12]\n"
+        "add r0, r0, r3\n"
+        "ldr r3, [sp, #12]\n"
+        "subs r3, r3, #1\n"
+        "str r3, [sp, #12]\n"
+        "bne 2b\n"
+        "ldr r3, [sp, #4]\n"  /* the group's sums */
+        "ldr r12, [r3, #24]\n"
+        "ldr r3, [sp]\n"
+        "add r12, r3, r12\n"
+        "stm r12, {r8-r11}\n"
+        "stm r3!, {r4-r7}\n"
+        "str r3, [sp]\n"
+        "ldr r3, [sp, #20]\n"
+        "subs r3, r3, #1\n"
+        "str r3, [sp, #20]\n"
+        "bne 1b\n"
+        "add sp, sp, #24\n"
+        "pop {r4-r11, pc}\n"
+        ".purgem AN_PAIR_STEP\n"
+        ".size an_sad_pair_armv7em, . - an_sad_pair_armv7em\n"
+        ".popsection\n");
+#define an_sad_pair an_sad_pair_armv7em
+#else
+/* acc[f] += sum |x - w_f| over `rows` runs of `words` words (`stride` bytes apart) for the four interleaved filters
+ * at w, whose words continue from one run to the next; each input word loaded once for all four */
+static void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *w, int words, uint32_t acc[4]) {
+    uint32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #if defined(AN_PSADBW)
     __m128i s0 = _mm_setzero_si128(), s1 = s0, s2 = s0, s3 = s0;
 #endif
     for (int row = 0; row < rows; row++) {
-        const uint8_t *p = x + (size_t)row * stride, *end = p + n;
-#if defined(AN_USADA8)
-        /* USADA8: four byte differences summed into an accumulator in one instruction. The loop is written out
-         * so that the loads go one after another, which the core pipelines (a load after a load takes one
-         * cycle, not two), and no register is copied around it. */
-        int words = n >> 2;
-        if (words > 0) {
-            uint32_t v, f0, f1;
-            __asm__("1:\n\t"
-                    "ldr %[v], [%[p]], #4\n\t"
-                    "ldr %[f0], [%[w0]], #4\n\t"
-                    "ldr %[f1], [%[w1]], #4\n\t"
-                    "usada8 %[a0], %[v], %[f0], %[a0]\n\t"
-                    "usada8 %[a1], %[v], %[f1], %[a1]\n\t"
-                    "ldr %[f0], [%[w2]], #4\n\t"
-                    "ldr %[f1], [%[w3]], #4\n\t"
-                    "usada8 %[a2], %[v], %[f0], %[a2]\n\t"
-                    "usada8 %[a3], %[v], %[f1], %[a3]\n\t"
-                    "subs %[words], %[words], #1\n\t"
-                    "bne 1b"
-                    : [v] "=&r"(v), [f0] "=&r"(f0), [f1] "=&r"(f1), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2),
-                      [a3] "+r"(a3), [p] "+r"(p), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [w3] "+r"(w3),
-                      [words] "+r"(words)
-                    :
-                    : "cc", "memory");
-        }
-#elif defined(AN_PSADBW)
-        /* PSADBW: two sums of eight byte differences per 16 bytes */
-        for (const uint8_t *end16 = p + (n & ~15); p < end16; p += 16, w0 += 16, w1 += 16, w2 += 16, w3 += 16) {
+        const uint8_t *p = x + (size_t)row * stride;
+        int i = 0;
+#if defined(AN_PSADBW)
+        /* PSADBW on four words of x at a time: the four filters' words turned into four rows of 16 bytes (a 4x4
+         * transpose of 32-bit lanes), then two sums of eight byte differences per row */
+        for (; i + 4 <= words; i += 4, p += 16, w += 64) {
             __m128i v = _mm_loadu_si128((const __m128i *)p);
-            s0 = _mm_add_epi64(s0, _mm_sad_epu8(v, _mm_loadu_si128((const __m128i *)w0)));
-            s1 = _mm_add_epi64(s1, _mm_sad_epu8(v, _mm_loadu_si128((const __m128i *)w1)));
-            s2 = _mm_add_epi64(s2, _mm_sad_epu8(v, _mm_loadu_si128((const __m128i *)w2)));
-            s3 = _mm_add_epi64(s3, _mm_sad_epu8(v, _mm_loadu_si128((const __m128i *)w3)));
+            __m128i b0 = _mm_loadu_si128((const __m128i *)w), b1 = _mm_loadu_si128((const __m128i *)(w + 16));
+            __m128i b2 = _mm_loadu_si128((const __m128i *)(w + 32)), b3 = _mm_loadu_si128((const __m128i *)(w + 48));
+            __m128i t0 = _mm_unpacklo_epi32(b0, b1), t1 = _mm_unpacklo_epi32(b2, b3);  /* f0 f0 f1 f1 */
+            __m128i t2 = _mm_unpackhi_epi32(b0, b1), t3 = _mm_unpackhi_epi32(b2, b3);  /* f2 f2 f3 f3 */
+            s0 = _mm_add_epi64(s0, _mm_sad_epu8(v, _mm_unpacklo_epi64(t0, t1)));
+            s1 = _mm_add_epi64(s1, _mm_sad_epu8(v, _mm_unpackhi_epi64(t0, t1)));
+            s2 = _mm_add_epi64(s2, _mm_sad_epu8(v, _mm_unpacklo_epi64(t2, t3)));
+            s3 = _mm_add_epi64(s3, _mm_sad_epu8(v, _mm_unpackhi_epi64(t2, t3)));
         }
 #endif
-        for (; p < end; p++) {
-            int v = *p;
-            a0 += (uint32_t)(v > *w0 ? v - *w0 : *w0 - v);
-            a1 += (uint32_t)(v > *w1 ? v - *w1 : *w1 - v);
-            a2 += (uint32_t)(v > *w2 ? v - *w2 : *w2 - v);
-            a3 += (uint32_t)(v > *w3 ? v - *w3 : *w3 - v);
-            w0++, w1++, w2++, w3++;
-        }
+        for (; i < words; i++, p += 4, w += 16)
+            for (int b = 0; b < 4; b++) {
+                int v = p[b];
+                a0 += (uint32_t)(v > w[b] ? v - w[b] : w[b] - v);
+                a1 += (uint32_t)(v > w[4 + b] ? v - w[4 + b] : w[4 + b] - v);
+                a2 += (uint32_t)(v > w[8 + b] ? v - w[8 + b] : w[8 + b] - v);
+                a3 += (uint32_t)(v > w[12 + b] ? v - w[12 + b] : w[12 + b] - v);
+            }
     }
 #if defined(AN_PSADBW)
 #define AN_HALVES(s) ((uint32_t)_mm_cvtsi128_si32(s) + (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(s, 8)))
@@ -100,22 +179,28 @@ AN_INLINE void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t 
     acc[3] = a3;
 }
 
-/* acc[f] += sum w[f][i] * (x[i] - zero_point) over runs as in an_sad4, int8 filters: the multiplicative stem
- * (the padding is zero-point bytes in x, so it adds 0) */
-static void an_dot4(const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n, int zero_point,
-                    uint32_t acc[4]) {
-    const int8_t *w0 = (const int8_t *)w[0], *w1 = (const int8_t *)w[1], *w2 = (const int8_t *)w[2],
-                 *w3 = (const int8_t *)w[3];
-    int32_t a0 = (int32_t)acc[0], a1 = (int32_t)acc[1], a2 = (int32_t)acc[2], a3 = (int32_t)acc[3];
-    for (int row = 0; row < rows; row++) {
-        const uint8_t *p = x + (size_t)row * stride;
-        for (int i = 0; i < n; i++) {
-            int32_t v = (int32_t)p[i] - zero_point;
-            a0 += *w0++ * v;
-            a1 += *w1++ * v;
-            a2 += *w2++ * v;
-            a3 += *w3++ * v;
-        }
+static void an_sad_pair(const uint8_t *x, const uint8_t *w, const an_pair_args *args, uint32_t *out) {
+    int words = (args->head + args->body) / 4;
+    size_t stride = (size_t)(args->head + args->body + args->skip), group_bytes = (size_t)16 * words * args->rows;
+    uint32_t *second = out + args->second_out / 4;
+    for (int g = 0; g < args->groups; g++, w += group_bytes, out += 4, second += 4) {
+        an_sad4(x, stride, args->rows, w, words, out);
+        an_sad4(x + args->second, stride, args->rows, w, words, second);
+    }
+}
+#endif
+
+/* acc[f] = sum w_f * (x - zero_point) over n bytes of x, for four int8 filters one after another (filter f at
+ * w + f * n): the multiplicative stem, on a gathered window (its padding is zero-point bytes: it adds 0) */
+static void an_dot4(const uint8_t *x, const uint8_t *w, int n, int zero_point, uint32_t acc[4]) {
+    const int8_t *w0 = (const int8_t *)w, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int i = 0; i < n; i++) {
+        int32_t v = (int32_t)x[i] - zero_point;
+        a0 += w0[i] * v;
+        a1 += w1[i] * v;
+        a2 += w2[i] * v;
+        a3 += w3[i] * v;
     }
     acc[0] = (uint32_t)a0;
     acc[1] = (uint32_t)a1;
@@ -141,96 +226,128 @@ static uint8_t an_code(float v) {
     return (uint8_t)((v + 12582912.0f) - 12582912.0f);
 }
 
-AN_INLINE void run4(int adder, const uint8_t *x, size_t stride, int rows, const uint8_t *const w[4], int n,
-                    int zero_point, uint32_t acc[4]) {
-    if (adder)
-        an_sad4(x, stride, rows, w, n, acc);  /* the padding is zero-point bytes in x */
-    else
-        an_dot4(x, stride, rows, w, n, zero_point, acc);
-}
-
-/* A window layer's sums at one output position, four filters at a time, each input run read once for all
- * four: adder layers sum |x - w| (an_sad4), the stem w * (x - zero point) (an_dot4). A window inside the map
- * is k runs of k*C bytes, one call; at the border, a row inside is one run, a row in the padding reads k*C
- * zero-point bytes (pad), and a row cut by the map's side goes pixel by pixel. A last group of fewer than
- * four filters repeats its last filter, whose duplicate sums are dropped. */
-static void window_sums(const an_layer *L, const uint8_t *x, const an_map *in, int top,
-                        int left, const uint8_t *pad, int O, int32_t *sums) {
-    int k = L->kernel, C = in->c, H = in->h, W = in->w, z = in->zero_point, adder = L->kind == AN_ADDER;
-    size_t row_bytes = (size_t)k * C, filter_bytes = (size_t)k * row_bytes;
-    for (int o = 0; o < O; o += 4) {
-        const uint8_t *filters[4];
-        for (int f = 0; f < 4; f++)
-            filters[f] = (const uint8_t *)L->weight + (size_t)(o + f < O ? o + f : O - 1) * filter_bytes;
-        uint32_t acc[4] = {0, 0, 0, 0};
-        if (top >= 0 && top + k <= H && left >= 0 && left + k <= W) {  /* inside: k runs of k*C bytes */
-            run4(adder, x + ((size_t)top * W + left) * C, (size_t)W * C, k, filters, (int)row_bytes, z, acc);
+/* The window at (top, left) as one run: its k*k*C bytes one after another (zero-point bytes in the padding),
+ * then zero-point bytes up to `bytes`. */
+static void gather_window(const uint8_t *x, const an_map *in, int k, int top, int left, uint8_t *out,
+                          size_t bytes) {
+    int C = in->c, z = in->zero_point, row_inside = left >= 0 && left + k <= in->w;
+    size_t run = (size_t)k * C;
+    uint8_t *o = out;
+    for (int u = 0; u < k; u++) {
+        int ii = top + u;
+        if (ii < 0 || ii >= in->h) {
+            memset(o, z, run);
+        } else if (row_inside) {  /* a word at a time (a 4-byte memcpy: one load and one store where the CPU
+                                    * allows unaligned words, as Cortex-M4 and x86 do), then the bytes left */
+            const uint8_t *p = x + ((size_t)ii * in->w + left) * C;
+            size_t b = 0;
+            for (; b + 4 <= run; b += 4) memcpy(o + b, p + b, 4);
+            for (; b < run; b++) o[b] = p[b];
         } else {
-            for (int u = 0; u < k; u++) {
-                int ii = top + u;
-                const uint8_t *w[4] = {filters[0] + u * row_bytes, filters[1] + u * row_bytes,
-                                       filters[2] + u * row_bytes, filters[3] + u * row_bytes};
-                if (ii < 0 || ii >= H) {
-                    run4(adder, pad, 0, 1, w, (int)row_bytes, z, acc);
-                } else if (left >= 0 && left + k <= W) {
-                    run4(adder, x + ((size_t)ii * W + left) * C, 0, 1, w, (int)row_bytes, z, acc);
-                } else {
-                    for (int v = 0; v < k; v++) {
-                        int jj = left + v;
-                        run4(adder, jj >= 0 && jj < W ? x + ((size_t)ii * W + jj) * C : pad, 0, 1, w, C, z, acc);
-                        for (int f = 0; f < 4; f++) w[f] += C;
-                    }
-                }
+            for (int v = 0; v < k; v++) {
+                int jj = left + v;
+                if (jj >= 0 && jj < in->w)
+                    memcpy(o + (size_t)v * C, x + ((size_t)ii * in->w + jj) * C, C);
+                else
+                    memset(o + (size_t)v * C, z, C);
             }
         }
-        for (int f = 0; f < 4 && o + f < O; f++) sums[o + f] = (int32_t)acc[f];
+        o += run;
+    }
+    memset(o, z, (size_t)(out + bytes - o));
+}
+
+/* One output position from its sums: the logits, or the next map's bytes (a residual added, the ReLU's floor and
+ * the clamp, rounding). */
+static void write_position(const an_model *model, const an_layer *L, const uint32_t *sums, size_t at,
+                           float *logits) {
+    if (L->dst < 0) {
+        for (int o = 0; o < model->classes; o++) logits[o] = (float)(int32_t)sums[o] * L->m[o] + L->c[o];
+        return;
+    }
+    const an_map *out = &model->maps[L->dst];
+    uint8_t *y = model->arena + out->offset + at * out->c;
+    if (L->residual >= 0) {
+        const an_map *res = &model->maps[L->residual];
+        const uint8_t *r = model->arena + res->offset + at * out->c;
+        for (int o = 0; o < out->c; o++) {
+            float val = (float)(int32_t)sums[o] * L->m[o] + L->c[o];
+            y[o] = an_code(val + (float)((int32_t)r[o] - res->zero_point) * L->k);
+        }
+    } else {  /* L->relu: max(v, 0), which the clamp at 0 does */
+        for (int o = 0; o < out->c; o++) y[o] = an_code((float)(int32_t)sums[o] * L->m[o] + L->c[o]);
     }
 }
 
+/* An adder layer sums two output positions at a time (an_sad_pair): in place where both windows lie inside the
+ * map and its rows are whole words (C a multiple of 4); elsewhere on gathered windows, any two positions of the
+ * layer paired as they come. The stem sums one gathered window at a time. */
 static void run_window_layer(const an_model *model, const an_layer *L, float *logits) {
     const an_map *in = &model->maps[L->src];
     int C = in->c, H = in->h, W = in->w, k = L->kernel, s = L->stride, p = L->padding;
     int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
-    int O = L->dst >= 0 ? model->maps[L->dst].c : model->classes;
-    const uint8_t *x = model->arena + in->offset;
-    uint8_t *y = L->dst >= 0 ? model->arena + model->maps[L->dst].offset : 0;
-    const uint8_t *r = L->residual >= 0 ? model->arena + model->maps[L->residual].offset : 0;
-    int zr = L->residual >= 0 ? model->maps[L->residual].zero_point : 0;
-    int32_t *sums = model->scratch;                          /* O words */
-    uint8_t *pad = (uint8_t *)(model->scratch + O);          /* k*C bytes of the zero point: the padding */
-    memset(pad, in->zero_point, (size_t)k * C);
+    int O = L->dst >= 0 ? model->maps[L->dst].c : model->classes, O4 = (O + 3) & ~3;
+    int adder = L->kind == AN_ADDER, in_place = adder && C % 4 == 0;
+    size_t row_bytes = (size_t)k * C, window = (k * row_bytes + 3) & ~(size_t)3;
+    const uint8_t *x = model->arena + in->offset, *weight = (const uint8_t *)L->weight;
+    uint32_t *sums = (uint32_t *)model->scratch;          /* 2 * O4 words: two positions */
+    uint8_t *gathered = (uint8_t *)(sums + 2 * O4);      /* two gathered windows */
+    an_pair_args inside = {s * C, (int32_t)(row_bytes % 16), (int32_t)(row_bytes - row_bytes % 16), (W - k) * C,
+                           k, O4 / 4, 16 * (O4 / 4)};
+    an_pair_args two_runs = {(int32_t)window, (int32_t)(window % 16), (int32_t)(window - window % 16), 0, 1,
+                             O4 / 4, 16 * (O4 / 4)};
+    size_t waiting = 0;  /* an adder layer's gathered position that waits for a second, plus 1 (0: none) */
     for (int i = 0; i < Ho; i++) {
+        int top = i * s - p, rows_inside = top >= 0 && top + k <= H;
         for (int j = 0; j < Wo; j++) {
-            window_sums(L, x, in, i * s - p, j * s - p, pad, O, sums);
-            for (int o = 0; o < O; o++) {
-                float val = (float)sums[o] * L->m[o] + L->c[o];
-                if (!y) {
-                    logits[o] = val;
-                    continue;
-                }
-                size_t at = ((size_t)i * Wo + j) * O + o;
-                if (r) val = val + (float)((int32_t)r[at] - zr) * L->k;
-                y[at] = an_code(val);  /* L->relu: max(v, 0), which the clamp at 0 does */
+            int left = j * s - p;
+            size_t at = (size_t)i * Wo + j;
+            if (in_place && rows_inside && j + 1 < Wo && left >= 0 && left + s + k <= W) {
+                an_sad_pair(x + ((size_t)top * W + left) * C, weight, &inside, sums);
+                write_position(model, L, sums, at, logits);
+                write_position(model, L, sums + O4, at + 1, logits);
+                j++;
+            } else if (!adder) {
+                gather_window(x, in, k, top, left, gathered, window);
+                for (int o = 0; o < O; o += 4)
+                    an_dot4(gathered, weight + (size_t)o * k * row_bytes, (int)(k * row_bytes), in->zero_point,
+                            sums + o);
+                write_position(model, L, sums, at, logits);
+            } else if (!waiting) {
+                gather_window(x, in, k, top, left, gathered, window);
+                waiting = at + 1;
+            } else {
+                gather_window(x, in, k, top, left, gathered + window, window);
+                an_sad_pair(gathered, weight, &two_runs, sums);
+                write_position(model, L, sums, waiting - 1, logits);
+                write_position(model, L, sums + O4, at, logits);
+                waiting = 0;
             }
         }
+    }
+    if (waiting) {  /* the last one alone: its window summed twice */
+        memcpy(gathered + window, gathered, window);
+        an_sad_pair(gathered, weight, &two_runs, sums);
+        write_position(model, L, sums, waiting - 1, logits);
     }
 }
 
 static void run_maxpool(const an_model *model, const an_layer *L) {
     const an_map *in = &model->maps[L->src], *out = &model->maps[L->dst];
+    int C = in->c, k = L->kernel, s = L->stride;
     const uint8_t *x = model->arena + in->offset;
     uint8_t *y = model->arena + out->offset;
     for (int i = 0; i < out->h; i++)
-        for (int j = 0; j < out->w; j++)
-            for (int ch = 0; ch < in->c; ch++) {
-                uint8_t best = 0;
-                for (int u = 0; u < L->kernel; u++)
-                    for (int v = 0; v < L->kernel; v++) {
-                        uint8_t q = x[(((size_t)(i * L->stride + u)) * in->w + (j * L->stride + v)) * in->c + ch];
-                        if (q > best) best = q;
-                    }
-                y[((size_t)i * out->w + j) * in->c + ch] = best;
-            }
+        for (int j = 0; j < out->w; j++, y += C) {
+            const uint8_t *corner = x + ((size_t)i * s * in->w + (size_t)j * s) * C;
+            memcpy(y, corner, C);
+            for (int u = 0; u < k; u++)
+                for (int v = 0; v < k; v++) {
+                    const uint8_t *q = corner + ((size_t)u * in->w + v) * C;
+                    for (int ch = 0; ch < C; ch++)
+                        if (q[ch] > y[ch]) y[ch] = q[ch];
+                }
+        }
 }
 
 static void run_head(const an_model *model, const an_layer *L, float *logits) {

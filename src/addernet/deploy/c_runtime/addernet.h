@@ -23,7 +23,10 @@ typedef struct {
     uint8_t kernel, stride, padding, relu;
     int16_t src, dst;     /* map indices; LUT reads the image, dst -1: the logits */
     int16_t residual;     /* a map added before the ReLU, or -1 */
-    const void *weight;   /* LUT uint8 [C][256]; CONV int8 [O][k][k][C]; ADDER uint8 [O][k][k][C]; HEAD int8 [K][C] */
+    const void *weight;   /* LUT uint8 [C][256]; HEAD int8 [K][C]; with O rounded up to a multiple of 4 (copies of
+                           * the last filter): CONV int8 [O][k][k][C]; ADDER uint8 [O/4][G/4][4 filters][4 bytes],
+                           * four filters' words interleaved, over a window's k*k*C bytes (in [k][k][C] order)
+                           * followed by the input's zero point up to G, the next multiple of 4 */
     const float *m, *c;   /* per output channel */
     float k;              /* the residual's factor */
 } an_layer;
@@ -34,7 +37,7 @@ typedef struct {
     const an_map *maps;
     uint16_t classes;
     uint8_t *arena;
-    int32_t *scratch;           /* a window layer's sums at one position and a row of padding; the head's sums */
+    int32_t *scratch;           /* a window layer's sums at two positions and a row of padding; the head's sums */
 } an_model;
 
 /* Logits (float32, `classes` of them) of one uint8 HWC image. */
