@@ -1,5 +1,6 @@
 """The C runtime computes the integer program's logits bit for bit, on the host and on an emulated Cortex-M4."""
 
+import json
 import platform
 import re
 import shutil
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from addernet.deploy import integer
+from addernet.deploy import integer, quantized
 from addernet.deploy.c_export import plan_arena, write_c_project
+from addernet.errors import ConfigError
 from addernet.models import create_model
 
 CROSS_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
@@ -93,6 +95,34 @@ def test_the_portable_sum_of_absolute_differences_gives_the_same_logits(name, sh
     assert_bit_identical(output, program, images)
 
 
+def one_layer_program(kind: str, c: int, h: int, w: int, k: int, stride: int, padding: int, o: int
+                      ) -> tuple[integer.Program, torch.Tensor]:
+    """A program of one window layer (random bytes and parameters) and a head, and 3 images: it is the largest
+    layer, so the scratch the export sizes for it is exactly what the runtime may use."""
+    g = torch.Generator().manual_seed(c * 1000 + k * 100 + o)
+    ho, wo = ((n + 2 * padding - k) // stride + 1 for n in (h, w))
+    grid = float(k * k * c * 64)  # sums of byte differences (or products) of about this size give codes in 0..255
+    window = integer.Layer(kind, 0, 1, kernel=k, stride=stride, padding=padding, relu=True,
+                           weight=torch.randint(0, 256, (o, k, k, c), generator=g, dtype=torch.uint8) if kind == "adder"
+                           else torch.randint(-127, 128, (o, k, k, c), generator=g, dtype=torch.int8),
+                           m=(torch.rand(o, generator=g) * 255 / grid).float(),
+                           c=(torch.rand(o, generator=g) * 200 - 150).float())
+    lut = integer.Layer("lut", -1, 0, weight=torch.randint(0, 256, (c, 256), generator=g, dtype=torch.uint8))
+    head = integer.Layer("head", 1, -1, weight=torch.randint(-127, 128, (5, o), generator=g, dtype=torch.int8),
+                         m=torch.full((5,), 1e-3), c=torch.zeros(5))
+    maps = [integer.Map((c, h, w), 1.0, int(torch.randint(0, 256, (1,), generator=g))), integer.Map((o, ho, wo))]
+    images = torch.randint(0, 256, (3, c, h, w), generator=g, dtype=torch.uint8)
+    return integer.Program((c, h, w), maps, [lut, window, head], 5), images
+
+
+# (kind, C, H, W, k, stride, padding, O): gathered windows (C not a multiple of 4) with an odd number of
+# positions, so the last one runs alone; in place with rows of 36 and 12 bytes (not whole 16-byte blocks);
+# stride 2 with an odd output width; a 1x1 stride-2 shortcut; LeNet's one-channel 5x5; the multiplicative stem;
+# filters not a multiple of 4 throughout
+ONE_LAYER_CASES = [("adder", 6, 5, 7, 3, 1, 1, 5), ("adder", 12, 6, 6, 3, 1, 1, 9), ("adder", 4, 9, 9, 3, 2, 1, 6),
+                   ("adder", 16, 4, 4, 1, 2, 0, 8), ("adder", 1, 8, 8, 5, 1, 2, 3), ("conv", 3, 6, 6, 3, 1, 1, 6)]
+
+
 def sanitizers_work(tmp_path) -> bool:
     """Whether the C compiler builds and runs a program with AddressSanitizer and UndefinedBehaviorSanitizer."""
     (tmp_path / "probe.c").write_text("int main(void) { return 0; }\n")
@@ -102,21 +132,20 @@ def sanitizers_work(tmp_path) -> bool:
 
 
 @needs_cc
-@pytest.mark.parametrize("name, shape, classes", [("adder_lenet5_bn", (1, 28, 28), 3),  # gathered windows
-                                                  ("adder_resnet20", (3, 32, 32), 10)])  # in place, and gathered
-def test_the_runtime_stays_inside_its_arena_and_scratch(name, shape, classes, tmp_path):
+def test_every_kind_of_position_is_exact_and_stays_inside_the_scratch(tmp_path):
     """Built with AddressSanitizer (the arena, scratch and weights are static arrays, which it guards) and
-    UndefinedBehaviorSanitizer: an export that sizes a buffer too small fails here, not by chance elsewhere."""
+    UndefinedBehaviorSanitizer; each case's layer is its program's largest, so a scratch sized too small for
+    any of them fails here."""
     if not sanitizers_work(tmp_path):
         pytest.skip("the C compiler cannot build with -fsanitize=address,undefined (libasan, libubsan)")
-    program, images = program_of(name, shape, num_classes=classes)
-    images = images[:3]  # an odd number of images, and LeNet's last positions alone
-    build(program, tmp_path / "project",
-          "CFLAGS=-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer")
-    result = subprocess.run([str(tmp_path / "project" / "addernet"), "-l"], input=hwc_bytes(images),
-                            capture_output=True)
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
-    assert_bit_identical(result.stdout.decode(), program, images)
+    for case in ONE_LAYER_CASES:
+        program, images = one_layer_program(*case)
+        project = tmp_path / "_".join(map(str, case))
+        build(program, project,
+              "CFLAGS=-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer")
+        result = subprocess.run([str(project / "addernet"), "-l"], input=hwc_bytes(images), capture_output=True)
+        assert result.returncode == 0, (case, result.stderr.decode()[-3000:])
+        assert_bit_identical(result.stdout.decode(), program, images)
 
 
 @needs_cc
@@ -129,22 +158,52 @@ def test_a_truncated_input_is_one_line_with_status_2(tmp_path):
                                       "28x28x1 uint8 HWC images\n")
 
 
-@pytest.mark.skipif(not all(shutil.which(t) for t in CROSS_TOOLS),
-                    reason="the Cortex-M4 check needs arm-none-eabi-gcc (+ libnewlib-arm-none-eabi) and "
-                           "qemu-system-arm: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm")
+needs_cross_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in CROSS_TOOLS),
+    reason="the Cortex-M4 check needs arm-none-eabi-gcc (+ libnewlib-arm-none-eabi) and qemu-system-arm: "
+           "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm")
+
+
+def run_emulated(project, images: bytes) -> str:
+    """What the project's Cortex-M4 program prints (-l) for the images, run by QEMU on the MPS2 AN386 board."""
+    assert b"usada8" in subprocess.run(["arm-none-eabi-objdump", "-d", "addernet-cortex-m4.elf"], cwd=project,
+                                       check=True, capture_output=True).stdout  # the DSP path was compiled
+    (project / "images.bin").write_bytes(images)
+    result = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting-config",
+                             "enable=on,target=native,arg=addernet,arg=-l,arg=images.bin", "-kernel",
+                             "addernet-cortex-m4.elf"], cwd=project, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@needs_cross_tools
 @pytest.mark.parametrize("name, shape", MODELS)
 def test_the_cortex_m4_program_computes_the_same_logits_under_emulation(name, shape, tmp_path):
     program, images = program_of(name, shape)
     images = images[:2]  # emulation is slow
     build(program, tmp_path, "TARGET=cortex-m4")
-    assert b"usada8" in subprocess.run(["arm-none-eabi-objdump", "-d", "addernet-cortex-m4.elf"], cwd=tmp_path,
-                                       check=True, capture_output=True).stdout  # the DSP path was compiled
-    (tmp_path / "images.bin").write_bytes(hwc_bytes(images))
-    result = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting-config",
-                             "enable=on,target=native,arg=addernet,arg=-l,arg=images.bin", "-kernel",
-                             "addernet-cortex-m4.elf"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert_bit_identical(result.stdout, program, images)
+    assert_bit_identical(run_emulated(tmp_path, hwc_bytes(images)), program, images)
+
+
+@needs_cross_tools
+def test_every_kind_of_position_is_exact_on_the_emulated_cortex_m4(tmp_path):
+    """The usada8 assembly on the cases above: heads of single words, odd widths, lone positions."""
+    for case in ONE_LAYER_CASES:
+        program, images = one_layer_program(*case)
+        project = tmp_path / "_".join(map(str, case))
+        build(program, project, "TARGET=cortex-m4")
+        assert_bit_identical(run_emulated(project, hwc_bytes(images)), program, images)
+
+
+def test_the_program_file_runs_the_integer_program_and_refuses_images_not_made_of_bytes(tmp_path):
+    """What src/eval.py and src/predict.py read for a C project: the integer program's logits, bit for bit."""
+    program, images = program_of("adder_lenet5_bn", (1, 28, 28))
+    integer.save(program, tmp_path / "model.int8.pt", class_names=None, mean=[0.5], std=[0.25], metadata={})
+    deployed = quantized.load_exported(tmp_path / "model.int8.pt")
+    logits = deployed(deployed.normalize(images))
+    assert torch.equal(logits.view(torch.int32), integer.run(program, images).view(torch.int32))
+    with pytest.raises(ConfigError, match="the integer program reads uint8 images"):
+        deployed(deployed.normalize(images) + 0.01)  # an augmented or differently normalised batch
 
 
 def test_the_arena_never_overlaps_two_maps_that_are_needed_at_once():
@@ -195,6 +254,19 @@ def test_export_writes_a_c_project_that_builds_and_reports_both_accuracies(tmp_p
         r"on 64 images: float ([0-9.]+)%, integer program \(what the C program computes\) ([0-9.]+)%", log).groups())
     assert abs(float_acc - integer_acc) <= 100 * 4 / 64, log[-2000:]  # at most 4 of 64 images change class
     subprocess.run(["make", "-s", "-C", str(out)], check=True, capture_output=True)
+    # the program file beside the project: the C program's logits, bit for bit, and src/eval.py's accuracy
+    program_file = out / "model.int8.pt"
+    deployed = quantized.load_exported(program_file)
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    from_c = subprocess.run([str(out / "addernet"), "-l"], input=hwc_bytes(images), check=True, capture_output=True)
+    _, bits = logit_bits(from_c.stdout.decode())
+    assert (bits == deployed(deployed.normalize(images)).numpy().view(np.uint32)).all()
+    evaluated = run_script("eval.py", f"ckpt_path={program_file}", "trainer=cpu", *base[3:8],
+                           f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    evaluated_acc = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"]
+    assert evaluated_acc == pytest.approx(deployed.info["metadata"]["integer_test_acc"], abs=1e-9)
+    assert 100 * evaluated_acc == pytest.approx(integer_acc, abs=0.005)  # the figure the export printed
     again = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out}", cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.startswith(f"error: {out} exists: pass out=<another directory>")
     as_file = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out / 'model.c'}", cwd=tmp_path)

@@ -52,7 +52,8 @@ def _scratch_words(program: Program) -> int:
         channels = program.maps[layer.src].shape[0] if layer.src >= 0 else program.image_shape[0]
         if layer.kind in ("conv", "adder"):
             outputs = program.maps[layer.dst].shape[0] if layer.dst >= 0 else program.num_classes
-            words = max(words, 2 * _round_to_words(outputs) + 2 * _round_to_words(layer.kernel ** 2 * channels) // 4)
+            sums, window_bytes = 2 * _round_up_to_4(outputs), _round_up_to_4(layer.kernel ** 2 * channels)
+            words = max(words, sums + 2 * window_bytes // 4)
         elif layer.kind == "head":
             words = max(words, channels)
     return words
@@ -70,12 +71,12 @@ def _array(ctype: str, name: str, values: torch.Tensor) -> str:
             + ",\n    ".join(rows) + "\n};\n")
 
 
-def _round_to_words(n: int) -> int:
-    """n bytes rounded up to whole 32-bit words, in bytes"""
+def _round_up_to_4(n: int) -> int:
+    """n rounded up to a multiple of 4: filters to whole groups, bytes to whole 32-bit words"""
     return -(-n // 4) * 4
 
 
-def c_weights(layer: Layer, zero_point: int) -> torch.Tensor | None:
+def _c_weights(layer: Layer, zero_point: int) -> torch.Tensor | None:
     """A layer's weights as the runtime reads them (addernet.h): window layers' filters padded to a multiple of
     four (copies of the last, whose sums are dropped); an adder layer's window padded to whole words with the
     input's zero point (|z - z| = 0 against the zero-point bytes after a gathered window), and the four filters
@@ -94,7 +95,7 @@ def c_weights(layer: Layer, zero_point: int) -> torch.Tensor | None:
 def _layer_arrays(n: int, layer: Layer, zero_point: int) -> tuple[str, str, str, str, int]:
     """C arrays of a layer, the names its table entry points at, and their bytes."""
     code, weight, m, c, size = "", "0", "0", "0", 0
-    w = c_weights(layer, zero_point)
+    w = _c_weights(layer, zero_point)
     if w is not None:
         ctype = "int8_t" if layer.kind in ("conv", "head") else "uint8_t"
         weight = f"weight{n}"

@@ -23,13 +23,14 @@ bit. The last layer writes float32 logits ``float(s) * m[o] + c[o]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from addernet.deploy.quantized import DEFAULT_PERCENTILE, Int8Adder2d, grid_for
+from addernet.deploy.quantized import DEFAULT_PERCENTILE, Int8Adder2d, grid_for, write_export
 from addernet.errors import ConfigError
 from addernet.models import BasicBlock, Bottleneck
 from addernet.models.lenet import LeNet5BN
@@ -277,3 +278,47 @@ def run(program: Program, images: torch.Tensor) -> torch.Tensor:
             return v.flatten(1)
         codes.append(_requantize(v, layer))
     raise ConfigError("the program has no output layer")
+
+
+# ---- as a file that src/eval.py and src/predict.py read -------------------------------------------------------
+
+def to_payload(program: Program) -> dict:
+    """The program as tensors and plain values (``torch.load(weights_only=True)`` reads them)."""
+    return {"image_shape": list(program.image_shape), "num_classes": program.num_classes,
+            "model_name": program.model_name,
+            "maps": [{"shape": list(m.shape), "scale": m.scale, "zero_point": m.zero_point} for m in program.maps],
+            "layers": [{f.name: getattr(layer, f.name) for f in fields(Layer) if f.name != "float_module"}
+                       for layer in program.layers]}
+
+
+def from_payload(payload: dict) -> Program:
+    maps = [Map(tuple(m["shape"]), m["scale"], m["zero_point"]) for m in payload["maps"]]
+    return Program(tuple(payload["image_shape"]), maps, [Layer(**layer) for layer in payload["layers"]],
+                   payload["num_classes"], payload["model_name"])
+
+
+def save(program: Program, path: Path, *, class_names: list[str] | None, mean, std, metadata: dict) -> None:
+    """Write the program as an ``addernet-int8`` file (:func:`addernet.deploy.quantized.load_exported` reads it
+    as an :class:`IntegerNet`): src/eval.py's accuracy for it is the C program's."""
+    write_export(path, model_name=program.model_name, num_classes=program.num_classes, class_names=class_names,
+                 input_size=program.image_shape, mean=mean, std=std, metadata=metadata,
+                 program=to_payload(program))
+
+
+class IntegerNet(nn.Module):
+    """The program as a module of normalised images, as the data modules serve them: each image is turned back
+    into the uint8 pixels it was normalised from, then run as the C program runs it (:func:`run`)."""
+
+    def __init__(self, program: Program, mean, std):
+        super().__init__()
+        self.program = program
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = (x.float() * self.std + self.mean) * 255
+        codes = pixels.round()
+        if not ((pixels - codes).abs().amax() < 1e-2 and 0 <= codes.amin() and codes.amax() <= 255):
+            raise ConfigError("the integer program reads uint8 images: pass images normalised from uint8 pixels "
+                              "with the data's mean and std, and not augmented")
+        return run(self.program, codes.to(torch.uint8))

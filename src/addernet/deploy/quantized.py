@@ -16,7 +16,8 @@ operations), each with its BatchNorm folded into it (one operation less each: at
 costs microseconds); a stem of few input channels runs with its ReLU in the kernel's direct loop.
 
 ``python src/export.py ckpt_path=... quantize=int8`` writes :data:`FORMAT` files; :func:`load_exported` reads
-them back without the training code's config (the model is rebuilt from its registry name).
+them back without the training code's config (the model is rebuilt from its registry name). ``format=c`` writes
+one beside its C project that holds the integer program instead (:mod:`addernet.deploy.integer`).
 """
 
 from __future__ import annotations
@@ -327,10 +328,20 @@ def export(quantized: nn.Module, path: Path, *, model_name: str, num_classes: in
     layers = {name: {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
                      "stride": m.stride, "padding": m.padding, "scale": m.scale, "zero_point": m.zero_point}
               for name, m in quantized.named_modules() if isinstance(m, Int8Adder2d)}
+    write_export(path, model_name=model_name, num_classes=num_classes, class_names=class_names,
+                 input_size=input_size, mean=mean, std=std, metadata=metadata, layers=layers,
+                 state_dict=quantized.state_dict())
+
+
+def write_export(path: Path, *, model_name: str, num_classes: int, class_names: list[str] | None,
+                 input_size: tuple[int, int, int], mean, std, metadata: dict, **network) -> None:
+    """Write a :data:`FORMAT` file: what inference needs around the network, and the network itself
+    (``layers`` and ``state_dict`` for int8 adder layers in a float model; ``program`` for an integer program,
+    :func:`addernet.deploy.integer.save`). Written to a temporary name first: an existing file is replaced
+    whole or not at all."""
     payload = {"format": FORMAT, "version": VERSION, "model": model_name, "num_classes": num_classes,
                "class_names": list(class_names) if class_names else None, "input_size": list(input_size),
-               "mean": [float(v) for v in mean], "std": [float(v) for v in std], "layers": layers,
-               "state_dict": quantized.state_dict(), "metadata": metadata}
+               "mean": [float(v) for v in mean], "std": [float(v) for v in std], "metadata": metadata, **network}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
@@ -373,13 +384,18 @@ def load_exported(path: str | Path) -> DeployedModel:
         raise ConfigError(f"{path} is {FORMAT} version {payload.get('version')}, this code reads version "
                           f"{VERSION}: export the checkpoint again with this version")
     try:
-        net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
-        net.load_state_dict(payload["state_dict"])
+        if "program" in payload:  # written with a C project (format=c): the C program's arithmetic
+            from addernet.deploy import integer  # (integer builds on this module)
+
+            net = integer.IntegerNet(integer.from_payload(payload["program"]), payload["mean"], payload["std"])
+        else:
+            net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
+            net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ConfigError(f"{path}: its layers do not fit the model it names ({payload.get('model')}: "
                           f"{type(err).__name__}: {first_line(err)}): the file was edited or damaged; "
                           f"export it again") from None
-    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    info = {k: v for k, v in payload.items() if k not in ("state_dict", "program")}
     return DeployedModel(net, info).eval()
 
 

@@ -23,6 +23,7 @@ from addernet.training.checkpoints import load_checkpoint_model
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8",)
 FORMATS = ("pt", "c")  # one file for PyTorch, or a C project (addernet.deploy.c_export)
+PROGRAM_FILE = "model.int8.pt"  # in a C project: its integer program, as a file src/eval.py reads
 
 
 def checkpoint_data(config: dict, cfg: DictConfig):
@@ -119,10 +120,17 @@ def export_c(cfg: DictConfig, net: torch.nn.Module, config: dict, datamodule, lo
         metrics.update(float_test_acc=float_acc, integer_test_acc=correct / n, test_images=n)
         log.info(f"test accuracy on {n} images: float {100 * float_acc:.2f}%, integer program (what the C program "
                  f"computes) {100 * correct / n:.2f}%")
-    sizes = c_export.write_c_project(program, out, getattr(datamodule, "class_names", None))
+    class_names = getattr(datamodule, "class_names", None)
+    sizes = c_export.write_c_project(program, out, class_names)
     metrics.update(sizes)
+    # the same program for PyTorch: src/eval.py and src/predict.py read it, with the C program's logits
+    integer.save(program, out / PROGRAM_FILE, class_names=class_names, mean=datamodule.mean, std=datamodule.std,
+                 metadata={"checkpoint": str(cfg.ckpt_path), "calibration_images": len(images),
+                           "calibration_percentile": float(cfg.calibration.percentile), "torch": str(torch.__version__),
+                           "created": time.strftime("%Y-%m-%d %H:%M:%S"), **metrics})
     log.info(f"wrote the C project {out}: weights {sizes['weight_bytes']} bytes, activation arena "
-             f"{sizes['arena_bytes']} bytes; build it with make -C {out} (TARGET=cortex-m4 for a Cortex-M4F)")
+             f"{sizes['arena_bytes']} bytes; build it with make -C {out} (TARGET=cortex-m4 for a Cortex-M4F); "
+             f"{out / PROGRAM_FILE} is the same program for src/eval.py and src/predict.py")
     return metrics
 
 

@@ -2,6 +2,7 @@
 #include "addernet.h"
 
 #include <float.h>
+#include <stddef.h>
 #include <string.h>
 
 /* The logits equal PyTorch's only if each float operation is rounded to float32 on its own. */
@@ -12,11 +13,12 @@
 #error "float operations must round to float32 (FLT_EVAL_METHOD 0): on 32-bit x86 use -msse2 -mfpmath=sse"
 #endif
 
-/* Which sum-of-absolute-differences code is compiled: USADA8 (ARMv7E-M DSP, GCC-style assembly), PSADBW (x86
- * SSE2), or portable C; -DADDERNET_PORTABLE forces the last (the tests compare all of them). Every word the sums
- * load is aligned: window rows of whole words (C a multiple of 4) in word-aligned maps, or gathered windows in
- * the word-aligned scratch. */
-#if defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__) && !defined(ADDERNET_PORTABLE)
+/* Which sum-of-absolute-differences code is compiled: USADA8 (ARMv7E-M DSP, GCC-style assembly in Thumb-2, as
+ * Cortex-M4/M7/M33 run; ARMv6 and ARM-mode builds take the portable path), PSADBW (x86 SSE2), or portable C;
+ * -DADDERNET_PORTABLE forces the last (the tests compare all of them). Every word the sums load is aligned:
+ * window rows of whole words (C a multiple of 4) in word-aligned maps, or gathered windows in the word-aligned
+ * scratch. */
+#if defined(__ARM_FEATURE_SIMD32) && defined(__thumb2__) && defined(__GNUC__) && !defined(ADDERNET_PORTABLE)
 #define AN_USADA8 1
 #elif defined(__SSE2__) && !defined(ADDERNET_PORTABLE)
 #define AN_PSADBW 1
@@ -26,7 +28,9 @@
 /* An adder layer's sums at two output positions, for all its groups of four filters (interleaved word by word:
  * word i of the group's filter f at 16 i + 4 f), over the same runs of each window: `rows` runs of head + body
  * bytes, a run's end `skip` bytes before the next run's start. The second window starts `second` bytes after the
- * first. The first position's sums go to out[0, 4 groups), the second's `second_out` bytes further. */
+ * first. The first position's sums go to out[0, 4 groups), the second's `second_out` bytes further.
+ * Preconditions (the assembly loops until its pointer meets an end exactly): head a multiple of 4, body of 16,
+ * rows and groups at least 1. */
 typedef struct {
     int32_t second;      /* bytes from the first window to the second */
     int32_t head;        /* a run's bytes before its whole 16-byte blocks (run bytes % 16) */
@@ -36,6 +40,13 @@ typedef struct {
     int32_t groups;      /* groups of four filters */
     int32_t second_out;  /* bytes from the first position's sums to the second's: 16 per group */
 } an_pair_args;
+
+/* the assembly reads the fields at these byte offsets: a compile-time check (an array of size -1 does not
+ * compile) */
+typedef char an_pair_args_layout[offsetof(an_pair_args, second) == 0 && offsetof(an_pair_args, head) == 4 &&
+                                 offsetof(an_pair_args, body) == 8 && offsetof(an_pair_args, skip) == 12 &&
+                                 offsetof(an_pair_args, rows) == 16 && offsetof(an_pair_args, groups) == 20 &&
+                                 offsetof(an_pair_args, second_out) == 24 ? 1 : -1];
 
 #if defined(AN_USADA8)
 /* ARMv7E-M: each filter word loaded once for both positions (6 loads per 8 USADA8, against 5 per 4 for one
@@ -131,7 +142,7 @@ __asm__(".pushsection .text.an_sad_pair_armv7em,\"ax\",%progbits\n"
         ".popsection\n");
 #define an_sad_pair an_sad_pair_armv7em
 #else
-/* acc[f] += sum |x - w_f| over `rows` runs of `words` words (`stride` bytes apart) for the four interleaved filters
+/* acc[f] = sum |x - w_f| over `rows` runs of `words` words (`stride` bytes apart) for the four interleaved filters
  * at w, whose words continue from one run to the next; each input word loaded once for all four */
 static void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *w, int words, uint32_t acc[4]) {
     uint32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -179,6 +190,8 @@ static void an_sad4(const uint8_t *x, size_t stride, int rows, const uint8_t *w,
     acc[3] = a3;
 }
 
+/* the pair, one position after the other (an_sad_pair_armv7em's saving, filter words loaded once for two
+ * positions, is a register-file matter of the Cortex-M; here the pairing only keeps one layer loop for all) */
 static void an_sad_pair(const uint8_t *x, const uint8_t *w, const an_pair_args *args, uint32_t *out) {
     int words = (args->head + args->body) / 4;
     size_t stride = (size_t)(args->head + args->body + args->skip), group_bytes = (size_t)16 * words * args->rows;
@@ -238,7 +251,8 @@ static void gather_window(const uint8_t *x, const an_map *in, int k, int top, in
         if (ii < 0 || ii >= in->h) {
             memset(o, z, run);
         } else if (row_inside) {  /* a word at a time (a 4-byte memcpy: one load and one store where the CPU
-                                    * allows unaligned words, as Cortex-M4 and x86 do), then the bytes left */
+                                    * allows unaligned words, as Cortex-M4 and x86 do), then the bytes left: rows
+                                    * are short (5 bytes in LeNet's first layer), where a library call costs more */
             const uint8_t *p = x + ((size_t)ii * in->w + left) * C;
             size_t b = 0;
             for (; b + 4 <= run; b += 4) memcpy(o + b, p + b, 4);
@@ -280,15 +294,16 @@ static void write_position(const an_model *model, const an_layer *L, const uint3
 }
 
 /* An adder layer sums two output positions at a time (an_sad_pair): in place where both windows lie inside the
- * map and its rows are whole words (C a multiple of 4); elsewhere on gathered windows, any two positions of the
- * layer paired as they come. The stem sums one gathered window at a time. */
+ * map and its rows are whole words (C a multiple of 4); every other position (the border, a last column without
+ * a neighbour, a layer whose channels are not a multiple of 4) on its gathered window, paired with the next such
+ * position of the layer. The stem sums one gathered window at a time. */
 static void run_window_layer(const an_model *model, const an_layer *L, float *logits) {
     const an_map *in = &model->maps[L->src];
     int C = in->c, H = in->h, W = in->w, k = L->kernel, s = L->stride, p = L->padding;
     int Ho = (H + 2 * p - k) / s + 1, Wo = (W + 2 * p - k) / s + 1;
     int O = L->dst >= 0 ? model->maps[L->dst].c : model->classes, O4 = (O + 3) & ~3;
-    int adder = L->kind == AN_ADDER, in_place = adder && C % 4 == 0;
-    size_t row_bytes = (size_t)k * C, window = (k * row_bytes + 3) & ~(size_t)3;
+    int adder = L->kind == AN_ADDER, in_place = adder && C % 4 == 0, waiting = 0;
+    size_t row_bytes = (size_t)k * C, window = (k * row_bytes + 3) & ~(size_t)3, waiting_at = 0;
     const uint8_t *x = model->arena + in->offset, *weight = (const uint8_t *)L->weight;
     uint32_t *sums = (uint32_t *)model->scratch;          /* 2 * O4 words: two positions */
     uint8_t *gathered = (uint8_t *)(sums + 2 * O4);      /* two gathered windows */
@@ -296,39 +311,38 @@ static void run_window_layer(const an_model *model, const an_layer *L, float *lo
                            k, O4 / 4, 16 * (O4 / 4)};
     an_pair_args two_runs = {(int32_t)window, (int32_t)(window % 16), (int32_t)(window - window % 16), 0, 1,
                              O4 / 4, 16 * (O4 / 4)};
-    size_t waiting = 0;  /* an adder layer's gathered position that waits for a second, plus 1 (0: none) */
     for (int i = 0; i < Ho; i++) {
         int top = i * s - p, rows_inside = top >= 0 && top + k <= H;
         for (int j = 0; j < Wo; j++) {
             int left = j * s - p;
             size_t at = (size_t)i * Wo + j;
-            if (in_place && rows_inside && j + 1 < Wo && left >= 0 && left + s + k <= W) {
-                an_sad_pair(x + ((size_t)top * W + left) * C, weight, &inside, sums);
-                write_position(model, L, sums, at, logits);
-                write_position(model, L, sums + O4, at + 1, logits);
-                j++;
-            } else if (!adder) {
+            if (!adder) {
                 gather_window(x, in, k, top, left, gathered, window);
                 for (int o = 0; o < O; o += 4)
                     an_dot4(gathered, weight + (size_t)o * k * row_bytes, (int)(k * row_bytes), in->zero_point,
                             sums + o);
                 write_position(model, L, sums, at, logits);
+            } else if (in_place && rows_inside && j + 1 < Wo && left >= 0 && left + s + k <= W) {
+                an_sad_pair(x + ((size_t)top * W + left) * C, weight, &inside, sums);
+                write_position(model, L, sums, at, logits);
+                write_position(model, L, sums + O4, at + 1, logits);
+                j++;
             } else if (!waiting) {
                 gather_window(x, in, k, top, left, gathered, window);
-                waiting = at + 1;
+                waiting = 1, waiting_at = at;
             } else {
                 gather_window(x, in, k, top, left, gathered + window, window);
                 an_sad_pair(gathered, weight, &two_runs, sums);
-                write_position(model, L, sums, waiting - 1, logits);
+                write_position(model, L, sums, waiting_at, logits);
                 write_position(model, L, sums + O4, at, logits);
                 waiting = 0;
             }
         }
     }
-    if (waiting) {  /* the last one alone: its window summed twice */
-        memcpy(gathered + window, gathered, window);
+    if (waiting) {  /* the last one alone: its window summed twice (the second time in place of a neighbour) */
+        two_runs.second = 0;
         an_sad_pair(gathered, weight, &two_runs, sums);
-        write_position(model, L, sums, waiting - 1, logits);
+        write_position(model, L, sums, waiting_at, logits);
     }
 }
 

@@ -37,7 +37,7 @@ typedef struct {
     const an_map *maps;
     uint16_t classes;
     uint8_t *arena;
-    int32_t *scratch;           /* a window layer's sums at two positions and a row of padding; the head's sums */
+    int32_t *scratch;           /* a window layer's sums at two positions and two gathered windows; the head's sums */
 } an_model;
 
 /* Logits (float32, `classes` of them) of one uint8 HWC image. */
