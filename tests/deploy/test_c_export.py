@@ -12,7 +12,9 @@ import torch
 
 from addernet.deploy import integer, quantized
 from addernet.deploy.c_export import plan_arena, write_c_project
+from addernet.data import CIFAR10DataModule, CIFAR100DataModule, MNISTDataModule
 from addernet.errors import ConfigError
+from addernet.experiments.deploy import PROGRAM_FILE
 from addernet.models import create_model
 
 CROSS_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
@@ -196,14 +198,31 @@ def test_every_kind_of_position_is_exact_on_the_emulated_cortex_m4(tmp_path):
 
 
 def test_the_program_file_runs_the_integer_program_and_refuses_images_not_made_of_bytes(tmp_path):
-    """What src/eval.py and src/predict.py read for a C project: the integer program's logits, bit for bit."""
+    """What src/eval.py and src/predict.py read for a C project: the integer program's logits, bit for bit; an
+    edited file is refused in one line when it is read."""
     program, images = program_of("adder_lenet5_bn", (1, 28, 28))
-    integer.save(program, tmp_path / "model.int8.pt", class_names=None, mean=[0.5], std=[0.25], metadata={})
-    deployed = quantized.load_exported(tmp_path / "model.int8.pt")
+    path = tmp_path / PROGRAM_FILE
+    integer.save(program, path, class_names=None, mean=[0.5], std=[0.25], metadata={})
+    deployed = quantized.load_exported(path)
     logits = deployed(deployed.normalize(images))
     assert torch.equal(logits.view(torch.int32), integer.run(program, images).view(torch.int32))
     with pytest.raises(ConfigError, match="the integer program reads uint8 images"):
         deployed(deployed.normalize(images) + 0.01)  # an augmented or differently normalised batch
+    payload = torch.load(path, weights_only=True)
+    payload["program"]["layers"][1]["kind"] = "adderr"
+    torch.save(payload, path)
+    with pytest.raises(ConfigError, match="the file was edited or damaged"):
+        quantized.load_exported(path)
+
+
+@pytest.mark.parametrize("data", [CIFAR10DataModule, CIFAR100DataModule, MNISTDataModule])
+def test_every_pixel_comes_back_from_its_normalised_value(data, tmp_path):
+    """The program file reads normalised images and turns them back into pixels: exactly, with each data
+    module's own normalisation."""
+    datamodule = data(root=str(tmp_path))
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, len(data.mean), 16, 16)
+    net = integer.IntegerNet(None, list(data.mean), list(data.std))  # no program: its pixels only
+    assert torch.equal(net.pixels(datamodule.normalize(pixels)), pixels)
 
 
 def test_the_arena_never_overlaps_two_maps_that_are_needed_at_once():
@@ -228,8 +247,6 @@ def test_the_integer_program_follows_the_float_network(seed):
 
 @pytest.mark.parametrize("name", ["adder_vgg_small", "adder_resnet18"])
 def test_networks_the_runtime_cannot_run_are_refused_in_one_line(name):
-    from addernet.errors import ConfigError
-
     net = create_model(name, num_classes=10).eval()
     with pytest.raises(ConfigError, match="format=c (exports|supports)"):
         integer.trace(net, (3, 32, 32))
@@ -239,7 +256,11 @@ def test_networks_the_runtime_cannot_run_are_refused_in_one_line(name):
 def test_export_writes_a_c_project_that_builds_and_reports_both_accuracies(tmp_path):
     """The command as a user runs it (a briefly trained network: the integer program's fidelity is tested
     above, and measured on a trained one in docs/deployment.md)."""
+    from PIL import Image
+
+    from addernet.experiments.deploy import predict
     from addernet.experiments.run import train
+    from data_files import write_image_folders
     from hydra_helpers import compose_config, run_script
 
     base = ["trainer=cpu", "logger=none", "run_name=test", "data=synthetic", "data.image_size=8",
@@ -255,7 +276,7 @@ def test_export_writes_a_c_project_that_builds_and_reports_both_accuracies(tmp_p
     assert abs(float_acc - integer_acc) <= 100 * 4 / 64, log[-2000:]  # at most 4 of 64 images change class
     subprocess.run(["make", "-s", "-C", str(out)], check=True, capture_output=True)
     # the program file beside the project: the C program's logits, bit for bit, and src/eval.py's accuracy
-    program_file = out / "model.int8.pt"
+    program_file = out / PROGRAM_FILE
     deployed = quantized.load_exported(program_file)
     images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     from_c = subprocess.run([str(out / "addernet"), "-l"], input=hwc_bytes(images), check=True, capture_output=True)
@@ -267,6 +288,13 @@ def test_export_writes_a_c_project_that_builds_and_reports_both_accuracies(tmp_p
     evaluated_acc = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"]
     assert evaluated_acc == pytest.approx(deployed.info["metadata"]["integer_test_acc"], abs=1e-9)
     assert 100 * evaluated_acc == pytest.approx(integer_acc, abs=0.005)  # the figure the export printed
+    write_image_folders(tmp_path / "images", {"x": 1}, classes=("a", "b"), size=(8, 8))
+    files = sorted(str(p) for p in (tmp_path / "images").rglob("*.png"))
+    results, _ = predict(str(program_file), files)  # src/predict.py's classes
+    pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+    from_c = subprocess.run([str(out / "addernet")], input=hwc_bytes(pixels), check=True, capture_output=True)
+    names = deployed.info["class_names"]
+    assert [best[0][0] for _, best in results] == [names[int(c)] for c in from_c.stdout.decode().split()]
     again = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out}", cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.startswith(f"error: {out} exists: pass out=<another directory>")
     as_file = run_script("export.py", f"ckpt_path={ckpt}", "format=c", f"out={out / 'model.c'}", cwd=tmp_path)

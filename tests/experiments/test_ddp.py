@@ -69,8 +69,11 @@ def test_two_process_ddp_ranks_agree_and_match_one_process_on_the_global_batch(t
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
 
 
+# the plain-PyTorch adder layers: what this tests (each rank's place in the epoch, the metric sums) does not
+# depend on the kernels, and each of the six processes would compile the CPU ones for itself
 DDP_RUN = ["trainer=ddp_sim", "logger=csv", "data=synthetic", "data.image_size=8", "data.train_size=96",
-           "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=1", "trainer.deterministic=true"]
+           "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=1", "trainer.deterministic=true",
+           "adder_backend=reference"]
 
 
 def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):

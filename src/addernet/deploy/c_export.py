@@ -66,8 +66,7 @@ def _array(ctype: str, name: str, values: torch.Tensor) -> str:
     else:
         items = [str(int(v)) for v in flat]
     rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]
-    # word-aligned, so that the runtime's word loads of filters never straddle two words
-    return (f"static const {ctype} {name}[{len(items)}] __attribute__((aligned(4))) = {{\n    "
+    return (f"static const {ctype} {name}[{len(items)}] AN_WORD_ALIGNED = {{\n    "
             + ",\n    ".join(rows) + "\n};\n")
 
 
@@ -146,7 +145,7 @@ def write_c_project(program: Program, out: Path, class_names: list[str] | None =
         f"/* {program.model_name}: written by src/export.py format=c */\n#include \"model.h\"\n\n" + "".join(arrays)
         + "\nstatic const an_map maps[] = {\n" + "\n".join(maps) + "\n};\n\n"
         + "static const an_layer layers[] = {\n" + "\n".join(entries) + "\n};\n\n"
-        + "static uint8_t arena[ADDERNET_ARENA_BYTES] __attribute__((aligned(4)));\n"
+        + "static uint8_t arena[ADDERNET_ARENA_BYTES] AN_WORD_ALIGNED;\n"
         + f"static int32_t scratch[{scratch_words}];\n\n"
         + f"const char *const addernet_class_names[{len(names)}] = {{{quoted}}};\n\n"
         + f"const an_model addernet_model = {{layers, {len(program.layers)}, maps, {program.num_classes}, arena, "

@@ -47,9 +47,12 @@ class Map:
     zero_point: int = 0
 
 
+LAYER_KINDS = ("lut", "conv", "adder", "maxpool", "head")
+
+
 @dataclass
 class Layer:
-    kind: str  # lut, conv, adder, maxpool, head
+    kind: str  # one of LAYER_KINDS
     src: int  # index of the map read (-1: the image)
     dst: int  # index of the map written (-1: the logits)
     kernel: int = 1
@@ -292,12 +295,19 @@ def to_payload(program: Program) -> dict:
 
 
 def from_payload(payload: dict) -> Program:
+    """The program of :func:`to_payload`'s dict; ``ValueError`` where it cannot be one (an edited file)."""
     maps = [Map(tuple(m["shape"]), m["scale"], m["zero_point"]) for m in payload["maps"]]
-    return Program(tuple(payload["image_shape"]), maps, [Layer(**layer) for layer in payload["layers"]],
-                   payload["num_classes"], payload["model_name"])
+    program = Program(tuple(payload["image_shape"]), maps, [Layer(**layer) for layer in payload["layers"]],
+                      payload["num_classes"], payload["model_name"])
+    kinds = [layer.kind for layer in program.layers]
+    if not kinds or kinds[0] != "lut" or any(kind not in LAYER_KINDS for kind in kinds):
+        raise ValueError(f"layers {kinds}: a program starts with a lut layer, then {', '.join(LAYER_KINDS[1:])}")
+    run(program, torch.zeros((1, *program.image_shape), dtype=torch.uint8))  # every index and shape fits
+    return program
 
 
-def save(program: Program, path: Path, *, class_names: list[str] | None, mean, std, metadata: dict) -> None:
+def save(program: Program, path: Path, *, class_names: list[str] | None, mean: list[float], std: list[float],
+         metadata: dict) -> None:
     """Write the program as an ``addernet-int8`` file (:func:`addernet.deploy.quantized.load_exported` reads it
     as an :class:`IntegerNet`): src/eval.py's accuracy for it is the C program's."""
     write_export(path, model_name=program.model_name, num_classes=program.num_classes, class_names=class_names,
@@ -316,9 +326,15 @@ class IntegerNet(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run(self.program, self.pixels(x)).to(x.device)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The uint8 pixels (on the CPU, where :func:`run` computes) that ``x`` was normalised from."""
         pixels = (x.float() * self.std + self.mean) * 255
         codes = pixels.round()
+        # the round trip is exact to about 1e-5 for pixels normalised with this mean and std; anything farther
+        # from whole numbers was not such a pixel
         if not ((pixels - codes).abs().amax() < 1e-2 and 0 <= codes.amin() and codes.amax() <= 255):
             raise ConfigError("the integer program reads uint8 images: pass images normalised from uint8 pixels "
                               "with the data's mean and std, and not augmented")
-        return run(self.program, codes.to(torch.uint8))
+        return codes.to("cpu", torch.uint8)

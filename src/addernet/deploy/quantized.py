@@ -368,7 +368,8 @@ class DeployedModel(nn.Module):
 
 
 def load_exported(path: str | Path) -> DeployedModel:
-    """Read a file written by :func:`export`; a clear ``ConfigError`` for anything else."""
+    """Read a file written by :func:`export` or :func:`addernet.deploy.integer.save`; a clear ``ConfigError`` for
+    anything else."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (write one with python src/export.py ckpt_path=... quantize=int8)")
@@ -391,7 +392,7 @@ def load_exported(path: str | Path) -> DeployedModel:
         else:
             net = _skeleton(payload["model"], payload["num_classes"], payload["layers"])
             net.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         raise ConfigError(f"{path}: its layers do not fit the model it names ({payload.get('model')}: "
                           f"{type(err).__name__}: {first_line(err)}): the file was edited or damaged; "
                           f"export it again") from None

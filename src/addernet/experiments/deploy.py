@@ -56,7 +56,7 @@ def test_accuracy(model: torch.nn.Module, datamodule) -> tuple[float, int, float
 
 def export(cfg: DictConfig) -> dict:
     """Quantise ``cfg.ckpt_path`` and write it to ``cfg.out``: ``format=pt`` one file (default: beside the
-    checkpoint, ``<stem>.int8.pt``), ``format=c`` a C project (default ``<stem>.c/``)."""
+    checkpoint, ``<stem>.int8.pt``), ``format=c`` a C project (default ``<stem>_c/``)."""
     if cfg.quantize not in QUANTIZATIONS:
         raise ConfigError(f"quantize={cfg.quantize} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
     if cfg.format not in FORMATS:
@@ -85,9 +85,7 @@ def export(cfg: DictConfig) -> dict:
         return export_c(cfg, net, config, datamodule, loader, out)
     params = quantized.calibrate(net, (x for x, _ in _batches(datamodule, loader)), float(cfg.calibration.percentile))
     int8_net = quantized.quantize_model(net, params)
-    metadata = {"checkpoint": str(cfg.ckpt_path), "calibration_images": images,
-                "calibration_percentile": float(cfg.calibration.percentile), "torch": str(torch.__version__),
-                "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    metadata = _metadata(cfg, images)
     if cfg.get("evaluate", True):
         float_acc, n, float_s = test_accuracy(net, datamodule)
         int8_acc, _, int8_s = test_accuracy(int8_net, datamodule)
@@ -98,9 +96,17 @@ def export(cfg: DictConfig) -> dict:
     quantized.export(int8_net, out, model_name=config["model"]["name"], num_classes=module.num_classes,
                      class_names=getattr(datamodule, "class_names", None),
                      input_size=tuple(next(iter(datamodule.test_dataloader()))[0].shape[1:]),
-                     mean=data_class.mean, std=data_class.std, metadata=metadata)
+                     mean=getattr(datamodule, "mean", data_class.mean), std=getattr(datamodule, "std", data_class.std),
+                     metadata=metadata)
     log.info(f"wrote {out}")
     return {k: v for k, v in metadata.items() if isinstance(v, (int, float))}
+
+
+def _metadata(cfg: DictConfig, calibration_images: int) -> dict:
+    """What an export file records of how it was made."""
+    return {"checkpoint": str(cfg.ckpt_path), "calibration_images": calibration_images,
+            "calibration_percentile": float(cfg.calibration.percentile), "torch": str(torch.__version__),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def export_c(cfg: DictConfig, net: torch.nn.Module, config: dict, datamodule, loader, out: Path) -> dict:
@@ -121,13 +127,12 @@ def export_c(cfg: DictConfig, net: torch.nn.Module, config: dict, datamodule, lo
         log.info(f"test accuracy on {n} images: float {100 * float_acc:.2f}%, integer program (what the C program "
                  f"computes) {100 * correct / n:.2f}%")
     class_names = getattr(datamodule, "class_names", None)
+    (out / PROGRAM_FILE).unlink(missing_ok=True)  # never new C sources beside an old program, if stopped midway
     sizes = c_export.write_c_project(program, out, class_names)
     metrics.update(sizes)
     # the same program for PyTorch: src/eval.py and src/predict.py read it, with the C program's logits
-    integer.save(program, out / PROGRAM_FILE, class_names=class_names, mean=datamodule.mean, std=datamodule.std,
-                 metadata={"checkpoint": str(cfg.ckpt_path), "calibration_images": len(images),
-                           "calibration_percentile": float(cfg.calibration.percentile), "torch": str(torch.__version__),
-                           "created": time.strftime("%Y-%m-%d %H:%M:%S"), **metrics})
+    integer.save(program, out / PROGRAM_FILE, class_names=class_names, mean=list(datamodule.mean),
+                 std=list(datamodule.std), metadata={**_metadata(cfg, len(images)), **metrics})
     log.info(f"wrote the C project {out}: weights {sizes['weight_bytes']} bytes, activation arena "
              f"{sizes['arena_bytes']} bytes; build it with make -C {out} (TARGET=cortex-m4 for a Cortex-M4F); "
              f"{out / PROGRAM_FILE} is the same program for src/eval.py and src/predict.py")

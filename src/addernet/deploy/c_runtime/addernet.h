@@ -12,6 +12,14 @@
 
 enum an_kind { AN_LUT, AN_CONV, AN_ADDER, AN_MAXPOOL, AN_HEAD };
 
+/* model.c's weights and arena start on a 32-bit word: the usada8 path loads whole words (GCC-style compilers
+ * only; the portable path, which other compilers take, reads bytes) */
+#if defined(__GNUC__)
+#define AN_WORD_ALIGNED __attribute__((aligned(4)))
+#else
+#define AN_WORD_ALIGNED
+#endif
+
 typedef struct {
     uint16_t c, h, w;     /* channels, height, width */
     uint8_t zero_point;   /* the code of the real value 0 */
