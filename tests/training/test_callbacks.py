@@ -8,8 +8,10 @@ from addernet.training.callbacks import FEATURES_PLOT, HISTOGRAMS_FILE, STATS_FI
 from hydra_helpers import run_script
 from wandb_files import summarize
 
+# the plain-PyTorch adder layers: what the callbacks record does not depend on the kernels, and each job of a
+# sweep would compile the CPU ones for itself
 SMALL = ["data=synthetic", "data.image_size=8", "data.train_size=128", "data.test_size=64", "data.batch_size=32",
-         "trainer=cpu", "trainer.max_epochs=2", "trainer.log_every_n_steps=2"]
+         "trainer=cpu", "trainer.max_epochs=2", "trainer.log_every_n_steps=2", "adder_backend=reference"]
 
 
 def test_wandb_offline_run_holds_metrics_adder_statistics_histograms_and_config(tmp_path):

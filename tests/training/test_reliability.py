@@ -12,8 +12,11 @@ from hydra_helpers import ROOT, compose_config
 from reliability_helpers import weights
 
 # 6 batches an epoch, 2 epochs; random crops and flips on, so the RNG state matters too
+# the plain-PyTorch adder layers: what these runs test (stops, resumes, sweeps) does not depend on the kernels,
+# and each training process would compile the CPU ones for itself
 BASE = ["trainer=cpu", "logger=csv", "run_name=test", "data=synthetic", "data.image_size=8", "data.train_size=96",
-        "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=2", "trainer.deterministic=true"]
+        "data.test_size=32", "data.batch_size=16", "trainer.max_epochs=2", "trainer.deterministic=true",
+        "adder_backend=reference"]
 
 
 def interrupt_at(step: int, signum: int) -> list[str]:
@@ -216,7 +219,7 @@ def test_a_failing_job_does_not_stop_its_sweep(tmp_path):
     from hydra_helpers import run_script
 
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "debug=fdr", *BASE[:2], *BASE[3:8], "data.batch_size=16,0",
+    result = run_script("train.py", "-m", "debug=fdr", *BASE[:2], *BASE[3:8], BASE[-1], "data.batch_size=16,0",
                         f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "failed.json").is_file()
@@ -236,7 +239,7 @@ def test_slurm_launcher_composes_and_the_local_submitit_launcher_runs_a_sweep(tm
     assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 10
     assert cfg.trainer is not None
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "debug=fdr", *BASE[:2], *BASE[3:8],
+    result = run_script("train.py", "-m", "hydra/launcher=submitit_local", "debug=fdr", *BASE[:2], *BASE[3:8], BASE[-1],
                         "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "metrics.json").is_file()
