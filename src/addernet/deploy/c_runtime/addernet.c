@@ -293,6 +293,14 @@ static void write_position(const an_model *model, const an_layer *L, const uint3
     }
 }
 
+/* an_sad_pair's arguments for windows of `rows` runs of `run` bytes (a multiple of 4), `skip` bytes apart, the
+ * second window `second` bytes after the first, `groups` groups of four filters */
+static an_pair_args pair_args(size_t second, size_t run, size_t skip, int rows, int groups) {
+    an_pair_args args = {(int32_t)second, (int32_t)(run % 16), (int32_t)(run - run % 16), (int32_t)skip, rows,
+                         groups, 16 * groups};
+    return args;
+}
+
 /* An adder layer sums two output positions at a time (an_sad_pair): in place where both windows lie inside the
  * map and its rows are whole words (C a multiple of 4); every other position (the border, a last column without
  * a neighbour, a layer whose channels are not a multiple of 4) on its gathered window, paired with the next such
@@ -307,10 +315,8 @@ static void run_window_layer(const an_model *model, const an_layer *L, float *lo
     const uint8_t *x = model->arena + in->offset, *weight = (const uint8_t *)L->weight;
     uint32_t *sums = (uint32_t *)model->scratch;          /* 2 * O4 words: two positions */
     uint8_t *gathered = (uint8_t *)(sums + 2 * O4);      /* two gathered windows */
-    an_pair_args inside = {s * C, (int32_t)(row_bytes % 16), (int32_t)(row_bytes - row_bytes % 16), (W - k) * C,
-                           k, O4 / 4, 16 * (O4 / 4)};
-    an_pair_args two_runs = {(int32_t)window, (int32_t)(window % 16), (int32_t)(window - window % 16), 0, 1,
-                             O4 / 4, 16 * (O4 / 4)};
+    an_pair_args inside = pair_args(s * C, row_bytes, (W - k) * C, k, O4 / 4);  /* rows of the map */
+    an_pair_args two_runs = pair_args(window, window, 0, 1, O4 / 4);             /* two gathered windows */
     for (int i = 0; i < Ho; i++) {
         int top = i * s - p, rows_inside = top >= 0 && top + k <= H;
         for (int j = 0; j < Wo; j++) {
