@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from addernet.experiments import benchmark
+from addernet.experiments import benchmark, int8_benchmark
 from hydra_helpers import run_script
 
 TINY_LAYER = [("tiny 3x3", 4, 8, 6, 3, 1, 1)]
@@ -58,11 +58,14 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     assert list(cell["img_per_s"]) == ["int8 adder", "fp32 CNN (channels last, same stem and head)",
                                        "int8 CNN (PyTorch)"]
     assert all(v > 0 for v in cell["img_per_s"].values())
-    parts = ["adder layers (int8 kernel)", "stem (float)", "pooling + classifier (float)"]
+    parts = [int8_benchmark.ADDERS, "stem (float)", "pooling + classifier (float)", int8_benchmark.KERNEL_ALONE]
     assert all(0 < cell["profile"][p] for p in parts)
+    # the kernel alone (the inner loop over each layer's input in the network) takes less than the layers as run
+    assert cell["profile"][int8_benchmark.KERNEL_ALONE] < cell["profile"][int8_benchmark.ADDERS] * 1.5
     assert cell["terms"] == 2 * 40_370_176  # ResNet-20's 20 adder layers: |x - w| terms per image
     assert [r["layer"] for r in report["layers"]] == [layer[0] for layer in benchmark.RESNET20_LAYERS]
     assert report["layer_batch"] == 2 and "The int8 adder layer alone, batch 2, 1 thread" in result.stdout
+    assert all(r["sums_terms_per_s"] > 0 for r in report["layers"])  # the inner loop, measured at 1 thread
     goals = result.stdout.split("## Against the goals")[1].strip().splitlines()
     # each goal judged from the run's own figures (the SAD-limit goal only where the CPU has the instruction;
     # thread scaling only when 1 and 2 threads both ran)

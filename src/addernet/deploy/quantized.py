@@ -23,6 +23,7 @@ one beside its C project that holds the integer program instead (:mod:`addernet.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -115,6 +116,70 @@ class Int8ResidualBlock(nn.Module):
         for layer in self._layers[:-1]:
             out = layer(out, None, True)  # (residual, relu): positional, no keyword dict per call
         return self._layers[-1](out, identity, True)
+
+
+class Int8Body(nn.Sequential):
+    """A ResNet's stages whose blocks are all int8 (:class:`Int8ResidualBlock`), run as one kernel call
+    (:func:`addernet.nn.kernels.int8.sad_body`: one image at a time through every layer, threads taking whole
+    images, maps in buffers kept between calls), with the same arithmetic as the blocks one by one. The
+    stages stay its children under their names, so the state dict reads the same; without the compiled
+    kernel it runs them one by one."""
+
+    def __init__(self, stages: nn.Sequential):
+        super().__init__(OrderedDict(stages._modules))
+        self._plan: int8.BodyPlan | None = None  # made on first use
+
+    @staticmethod
+    def fits(stages: nn.Module) -> bool:
+        blocks = [b for stage in stages.children() for b in stage.children()] \
+            if isinstance(stages, nn.Sequential) and all(isinstance(s, nn.Sequential) for s in stages) else []
+        return bool(blocks) and all(isinstance(b, Int8ResidualBlock) and Int8Body._shortcut(b) is not False
+                                    for b in blocks)
+
+    @staticmethod
+    def _shortcut(block: Int8ResidualBlock) -> Int8Adder2d | None | bool:
+        """The block's int8 shortcut layer, None for the identity, False for anything else."""
+        ds = block.downsample
+        if ds is None:
+            return None
+        layers = [m for m in ds.children() if not isinstance(m, nn.Identity)] if isinstance(ds, nn.Sequential) else []
+        return layers[0] if len(layers) == 1 and isinstance(layers[0], Int8Adder2d) else False
+
+    def plan(self) -> int8.BodyPlan:
+        """The blocks as :func:`addernet.nn.kernels.int8.sad_body`'s steps: map 0 the input, each layer's output the
+        next map."""
+        if self._plan is None:
+            plan = int8.BodyPlan()
+            current = 0
+            for block in (b for stage in self for b in stage):
+                shortcut = self._shortcut(block)
+                identity = current if shortcut is None else plan.add(shortcut, current, None, relu=False)
+                out = current
+                for layer in block._layers[:-1]:
+                    out = plan.add(layer, out, None, relu=True)
+                current = plan.add(block._layers[-1], out, identity, relu=True)
+            self._plan = plan
+        return self._plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not int8.extension_available():
+            return super().forward(x)
+        return int8.sad_body(x, self.plan())
+
+    def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks one by one, each layer its own kernel call (the same result)."""
+        return super().forward(x)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._plan = None  # new filters: plan again
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+def fuse_body(model: nn.Module) -> nn.Module:
+    """A model's ``stages`` as one :class:`Int8Body` where every block in them runs in int8."""
+    if Int8Body.fits(getattr(model, "stages", None)):
+        model.stages = Int8Body(model.stages)
+    return model
 
 
 def fuse_blocks(model: nn.Module) -> nn.Module:
@@ -301,7 +366,7 @@ def quantize_model(model: nn.Module, params: dict[str, tuple[float, int]]) -> nn
         parent._modules[adder_name] = Int8Adder2d.from_float(adder, bn, scale, zero_point)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return prepare_float_layers(fuse_blocks(quantized))
+    return prepare_float_layers(fuse_body(fuse_blocks(quantized)))
 
 
 def prepare_float_layers(model: nn.Module) -> nn.Module:
@@ -319,7 +384,7 @@ def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.
         parent._modules[adder_name] = Int8Adder2d(**meta)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return prepare_float_layers(fuse_blocks(net))
+    return prepare_float_layers(fuse_body(fuse_blocks(net)))
 
 
 def export(quantized: nn.Module, path: Path, *, model_name: str, num_classes: int, class_names: list[str] | None,

@@ -53,6 +53,19 @@ def test_kernel_is_exact(case):
     torch.testing.assert_close(fused, (y + residual).relu(), rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
+@pytest.mark.parametrize("case", CASES + [(2, 3, 8, 7, 5, 1, 2)], ids=str)
+def test_the_sums_alone_are_exact(case):
+    """sad_sums (the benchmark's inner loop): padded uint8 input, int32 sums, rows of whole byte groups and not."""
+    n, c, o, size, k, s, p = case
+    torch.manual_seed(sum(case))
+    qx = torch.randint(0, 256, (n, c, size + 2 * p, size + 2 * p), dtype=torch.uint8)
+    qw = torch.randint(0, 256, (o, c, k, k), dtype=torch.uint8)
+    sums = int8.sad_sums(qx, qw, s)
+    assert sums.dtype == torch.int32 and sums.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(sums.numpy(), brute_force(qx.numpy(), qw.numpy(), s, 0, 0))
+
+
 def test_quantization_rounds_and_clamps_as_the_kernel_does():
     x = torch.tensor([-10.0, 0.0, 0.5, 1.5, 2.5, 1e6]) * 0.25  # exact in binary: the halves stay halves
     assert int8.quantize(x, 0.25, 3).tolist() == [0, 3, 4, 4, 6, 255]  # 3.5 -> 4, 4.5 -> 4, 5.5 -> 6; clamped
@@ -71,7 +84,9 @@ def test_slower_instruction_sets_give_the_same_sums(isa):
             "a, b = torch.ones(9), torch.zeros(9); "
             "y = int8.sad_forward(x, 0.05, 128, w, 1, 1, a, b); "
             "r = int8.sad_forward_reference(x, 0.05, 128, w, 1, 1, a, b); "
-            "print(int8.instruction_set(), bool(torch.equal(y, r)))")
+            "s = int8.sad_sums(int8.quantize(x, 0.05, 128), w, 1); "
+            "print(int8.instruction_set(), bool(torch.equal(y, r)) and bool(torch.equal(a.view(1, -1, 1, 1) * "
+            "s.float(), int8.sad_forward(x, 0.05, 128, w, 1, 0, a, b))))")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ADDERNET_SAD_ISA": isa},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -79,6 +79,51 @@ def sad_forward(x: torch.Tensor, scale: float, zero_point: int, qw: torch.Tensor
                                                residual, relu)
 
 
+def sad_sums(qx: torch.Tensor, qw: torch.Tensor, stride: int, packed: torch.Tensor | None = None,
+             repeats: int = 1) -> torch.Tensor:
+    """The kernel's sums alone (needs the extension): for uint8 ``qx`` (N, C, Hp, Wp), padded already, and uint8
+    filters ``qw`` (O, C, kh, kw), int32 (N, O, Ho, Wo) of ``sum |qx - qw|`` over each window, exactly; no
+    quantisation and no output map. The benchmark times it as the inner loop, ``repeats`` times over in one
+    call (into the same memory)."""
+    if not extension_available():
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_sums runs without it")
+    packed = pack_filters(qw) if packed is None else packed
+    return torch.ops.addernet_int8.sad_sums(qx, packed, qw.shape[0], qw.shape[2], qw.shape[3], stride, repeats)
+
+
+class BodyPlan:
+    """Int8 adder layers in the order :func:`sad_body` runs them, each reading maps written before it."""
+
+    SPEC = 8  # integers per layer (csrc/adder_sad.cpp's kSpec)
+
+    def __init__(self):
+        self.packed: list[torch.Tensor] = []
+        self.a: list[torch.Tensor] = []
+        self.b: list[torch.Tensor] = []
+        self.spec: list[int] = []
+        self.inv_scale: list[float] = []
+
+    def add(self, layer, input_map: int, residual_map: int | None, relu: bool) -> int:
+        """Append an :class:`~addernet.deploy.quantized.Int8Adder2d` reading map ``input_map`` (0: the body's input),
+        ``residual_map`` added before ``relu``; returns the number of the map it writes."""
+        self.packed.append(pack_filters(layer.qweight))
+        self.a.append(layer.a.float().contiguous())
+        self.b.append(layer.b.float().contiguous())
+        self.spec += [layer.kernel_size, layer.kernel_size, layer.stride, layer.padding, layer.zero_point, input_map,
+                      -1 if residual_map is None else residual_map, int(relu)]
+        self.inv_scale.append(1.0 / layer.scale)
+        return len(self.packed)
+
+
+def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:
+    """The layers of ``plan`` in one call (needs the extension): the same result as :func:`sad_forward` layer by
+    layer, bit for bit, with images taken one at a time through all of them (threads take whole images) and
+    the maps between layers in buffers kept between calls. Returns the last layer's map."""
+    if not extension_available():
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_body runs without it")
+    return torch.ops.addernet_int8.sad_body(x, plan.packed, plan.a, plan.b, plan.spec, plan.inv_scale)
+
+
 def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,
                relu: bool) -> torch.Tensor:
     """A float convolution with few input channels (a stem), + bias, optional ReLU, channels-last output: the

@@ -51,6 +51,7 @@ struct Problem {
   int64_t Hp, Wp, C, O, kh, kw, Ho, Wo, stride;
   int64_t run;        // bytes per window row: kw * C
   int64_t groups;     // byte groups per window row: ceil(run / 8)
+  int32_t* sums = nullptr;  // when set, the sums themselves go here (N, Ho, Wo, O), and y is not written
 };
 
 inline const uint8_t* window(const Problem& p, int64_t m) {
@@ -104,6 +105,10 @@ inline float output(const Problem& p, int64_t at, int64_t o, int64_t sum) {
 // 8 outputs of filter group g at position m, the filters past O left out
 inline void store8(const Problem& p, int64_t m, int64_t g, const int64_t* sums) {
   const int64_t o0 = g * kLanes, count = std::min<int64_t>(kLanes, p.O - o0);
+  if (p.sums) {
+    for (int64_t f = 0; f < count; ++f) p.sums[m * p.O + o0 + f] = static_cast<int32_t>(sums[f]);
+    return;
+  }
   for (int64_t f = 0; f < count; ++f) p.y[m * p.O + o0 + f] = output(p, m * p.O + o0 + f, o0 + f, sums[f]);
 }
 
@@ -162,7 +167,9 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
   for (int q = 0; q < P; ++q)
     for (int g = 0; g < G; ++g) {
       const int64_t o = (g0 + g) * kLanes;
-      if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
+      if (o + kLanes <= p.O && p.sums) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + (m0 + q) * p.O + o), _mm512_cvtepi64_epi32(acc[q][g]));
+      } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
         const int64_t at = (m0 + q) * p.O + o;
         const __m256 sums = _mm512_cvtepi64_ps(acc[q][g]);
         __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), sums), _mm256_loadu_ps(p.b + o));
@@ -223,7 +230,9 @@ __attribute__((target("avx2"))) void block_avx2(const Problem& p, const uint8_t*
       // [f0 f4 f1 f5 f2 f6 f3 f7] -> [f0 .. f7]
       const __m256i mixed = _mm256_or_si256(acc[q][2 * g], _mm256_slli_epi64(acc[q][2 * g + 1], 32));
       const __m256i sums = _mm256_permutevar8x32_epi32(mixed, order);
-      if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
+      if (o + kLanes <= p.O && p.sums) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + at), sums);
+      } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
         __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), _mm256_cvtepi32_ps(sums)),
                                  _mm256_loadu_ps(p.b + o));
         if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
@@ -340,38 +349,13 @@ constexpr int64_t kSlack = 64;  // bytes readable past the padded input (the las
 constexpr int64_t kMinTermsPerThread = int64_t{1} << 22;
 constexpr int64_t kMinBytesPerThread = 64 << 10;
 
-}  // namespace
-
-// x: float (N, C, H, W), best channels-last in memory (other layouts are copied); w: uint8 filters from
-// sad_pack; a, b: float (O). Returns (N, O, Ho, Wo), channels last: consecutive layers pass maps without copies,
-// and a layer costs one call from Python (each extra tensor operation cost several microseconds: at batch 1
-// that was a third of the network's time).
-at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_point, const at::Tensor& w, int64_t kh,
-                       int64_t kw, int64_t stride, int64_t padding, const at::Tensor& a, const at::Tensor& b,
-                       const std::optional<at::Tensor>& residual, bool relu) {
-  TORCH_CHECK(input.dim() == 4, "x must be (N, C, H, W)");
-  const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(w.dim() == 5 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(3) == kLanes &&
-              w.size(4) == 8, "w must come from sad_pack");
-  TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "zero_point must be in [0, 255]");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = a.numel();
-  TORCH_CHECK(w.size(0) == (O + kLanes - 1) / kLanes && w.size(1) == kh && w.size(2) == (kw * C + 7) / 8,
-              "w does not fit the input");
-  TORCH_CHECK(b.numel() == O, "a and b need one value per filter");
-  TORCH_CHECK(C > 0 && O > 0 && N > 0, "x and the filters need at least one image, channel and filter");
-  TORCH_CHECK(255 * kh * kw * C < (int64_t{1} << 31), "a window of more than 8.4M bytes: its sums overflow 32 bits");
-  TORCH_CHECK(stride >= 1 && padding >= 0, "stride must be >= 1 and padding >= 0");
+// Quantise and pad N float maps (N, H, W, C) into uint8 (N, H + 2 padding, W + 2 padding, C), the padding the
+// zero point's byte.
+void quantize_pad(const float* xs, uint8_t* q, int64_t N, int64_t H, int64_t W, int64_t C, int64_t padding,
+                  float inv, int64_t zero_point) {
   const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
-  TORCH_CHECK(Hp >= kh && Wp >= kw, "the kernel is larger than the padded input");
-  const int64_t Ho = (Hp - kh) / stride + 1, Wo = (Wp - kw) / stride + 1;
-
-  // quantise and pad, channels last, with slack for the last vector loads
-  at::Tensor xq = at::empty({N * Hp * Wp * C + kSlack}, x.options().dtype(at::kByte));
-  uint8_t* q = xq.data_ptr<uint8_t>();
-  const float* xs = x.data_ptr<float>();
-  const float inv = static_cast<float>(inv_scale), zp = static_cast<float>(zero_point);
+  const float zp = static_cast<float>(zero_point);
   const char* isa = chosen_isa();
-  std::memset(q + N * Hp * Wp * C, 0, kSlack);
   at::parallel_for(0, N * Hp, std::max<int64_t>(1, kMinBytesPerThread / (Wp * C)), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / Hp, h = r % Hp - padding;
@@ -385,25 +369,19 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
       quantize_row(xs + (n * H + h) * W * C, dst + padding * C, W * C, inv, zp, isa);
     }
   });
+}
 
-  at::Tensor y = at::empty({N, O, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor af = a.contiguous().to(at::kFloat), bf = b.contiguous().to(at::kFloat);
-  at::Tensor res;
-  if (residual.has_value()) {
-    TORCH_CHECK(residual->sizes() == y.sizes(), "residual must have the output's shape (N, O, Ho, Wo)");
-    res = residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  Problem p{q, w.data_ptr<uint8_t>(), af.data_ptr<float>(), bf.data_ptr<float>(), y.data_ptr<float>(),
-            res.defined() ? res.data_ptr<float>() : nullptr, relu, Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C,
-            w.size(2)};
-  const int64_t M = N * Ho * Wo;
-  // threads take whole blocks of positions
+// The sums and the output map of every position of p (threads take whole blocks of positions).
+void sums_and_outputs(const Problem& p, int64_t N) {
+  const int64_t M = N * p.Ho * p.Wo;
   constexpr int64_t kUnit = 12;
 #ifdef ADDERNET_X86
   static_assert(kUnit % Avx2<1, 1>::kPositions == 0 && kUnit % Avx512<1, 1>::kPositions == 0);
 #endif
-  const int64_t terms_per_unit = kUnit * O * kh * kw * C;
-  at::parallel_for(0, (M + kUnit - 1) / kUnit, std::max<int64_t>(1, kMinTermsPerThread / terms_per_unit), [&](int64_t begin, int64_t end) {
+  const char* isa = chosen_isa();
+  const int64_t terms_per_unit = kUnit * p.O * p.kh * p.kw * p.C;
+  at::parallel_for(0, (M + kUnit - 1) / kUnit, std::max<int64_t>(1, kMinTermsPerThread / terms_per_unit),
+                   [&](int64_t begin, int64_t end) {
     const int64_t m0 = kUnit * begin, m1 = std::min(M, kUnit * end);
 #ifdef ADDERNET_X86
     if (std::strcmp(isa, "avx512bw") == 0) return positions_blocked<Avx512>(p, m0, m1);
@@ -411,6 +389,239 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
 #endif
     positions_portable(p, m0, m1);
   });
+}
+
+// The checks both entry points make of one layer's arguments; returns (Ho, Wo).
+std::pair<int64_t, int64_t> check_layer(const at::Tensor& w, const at::Tensor& a, const at::Tensor& b, int64_t C,
+                                        int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t stride,
+                                        int64_t padding, int64_t zero_point) {
+  const int64_t O = a.numel();
+  TORCH_CHECK(w.dim() == 5 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(3) == kLanes &&
+              w.size(4) == 8, "w must come from sad_pack");
+  TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "zero_point must be in [0, 255]");
+  TORCH_CHECK(w.size(0) == (O + kLanes - 1) / kLanes && w.size(1) == kh && w.size(2) == (kw * C + 7) / 8,
+              "w does not fit the input");
+  TORCH_CHECK(b.numel() == O && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+              a.is_contiguous() && b.is_contiguous(), "a and b need one float32 value per filter");
+  TORCH_CHECK(C > 0 && O > 0 && H > 0 && W > 0, "x and the filters need at least one channel, pixel and filter");
+  TORCH_CHECK(255 * kh * kw * C < (int64_t{1} << 31), "a window of more than 8.4M bytes: its sums overflow 32 bits");
+  TORCH_CHECK(stride >= 1 && padding >= 0, "stride must be >= 1 and padding >= 0");
+  const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
+  TORCH_CHECK(Hp >= kh && Wp >= kw, "the kernel is larger than the padded input");
+  return {(Hp - kh) / stride + 1, (Wp - kw) / stride + 1};
+}
+
+}  // namespace
+
+// x: float (N, C, H, W), best channels-last in memory (other layouts are copied); w: uint8 filters from
+// sad_pack; a, b: float (O). Returns (N, O, Ho, Wo), channels last: consecutive layers pass maps without copies,
+// and a layer costs one call from Python (each extra tensor operation cost several microseconds: at batch 1
+// that was a third of the network's time).
+at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_point, const at::Tensor& w, int64_t kh,
+                       int64_t kw, int64_t stride, int64_t padding, const at::Tensor& a, const at::Tensor& b,
+                       const std::optional<at::Tensor>& residual, bool relu) {
+  TORCH_CHECK(input.dim() == 4, "x must be (N, C, H, W)");
+  const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor af = a.contiguous().to(at::kFloat), bf = b.contiguous().to(at::kFloat);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = af.numel();
+  TORCH_CHECK(N > 0, "x needs at least one image");
+  const auto [Ho, Wo] = check_layer(w, af, bf, C, H, W, kh, kw, stride, padding, zero_point);
+  const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
+
+  // quantise and pad, channels last, with slack for the last vector loads
+  at::Tensor xq = at::empty({N * Hp * Wp * C + kSlack}, x.options().dtype(at::kByte));
+  uint8_t* q = xq.data_ptr<uint8_t>();
+  std::memset(q + N * Hp * Wp * C, 0, kSlack);
+  quantize_pad(x.data_ptr<float>(), q, N, H, W, C, padding, static_cast<float>(inv_scale), zero_point);
+
+  at::Tensor y = at::empty({N, O, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor res;
+  if (residual.has_value()) {
+    TORCH_CHECK(residual->sizes() == y.sizes(), "residual must have the output's shape (N, O, Ho, Wo)");
+    res = residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const Problem p{q, w.data_ptr<uint8_t>(), af.data_ptr<float>(), bf.data_ptr<float>(), y.data_ptr<float>(),
+                  res.defined() ? res.data_ptr<float>() : nullptr, relu, Hp, Wp, C, O, kh, kw, Ho, Wo, stride,
+                  kw * C, w.size(2)};
+  sums_and_outputs(p, N);
+  return y;
+}
+
+// The sums alone: x uint8 (N, C, Hp, Wp), already padded, channels last in memory; w from sad_pack for O filters.
+// Returns int32 (N, O, Ho, Wo), channels last: sum_k |x - w| for each position and filter, exactly. What the
+// benchmark times as the kernel's inner loop (no quantisation, no output map): computed `repeats` times over,
+// into the same memory, so that a timed call is long enough to time and pays for no fresh memory.
+at::Tensor sad_sums(const at::Tensor& xq, const at::Tensor& w, int64_t O, int64_t kh, int64_t kw, int64_t stride,
+                    int64_t repeats) {
+  TORCH_CHECK(repeats >= 1, "repeats must be >= 1");
+  TORCH_CHECK(xq.dim() == 4 && xq.scalar_type() == at::kByte && xq.size(0) > 0, "x must be uint8 (N, C, Hp, Wp)");
+  const at::Tensor x = xq.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t N = x.size(0), C = x.size(1), Hp = x.size(2), Wp = x.size(3);
+  const at::Tensor a = at::ones({O}, x.options().dtype(at::kFloat)), b = at::zeros({O}, a.options());
+  const auto [Ho, Wo] = check_layer(w, a, b, C, Hp, Wp, kh, kw, stride, 0, 0);
+  // the loads of a row's last byte group reach past its end when the row is not whole groups: then a copy
+  // with slack after it
+  at::Tensor padded = x;
+  if ((kw * C) % 8 != 0) {
+    padded = at::zeros({N * Hp * Wp * C + kSlack}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    std::memcpy(padded.data_ptr<uint8_t>(), x.data_ptr<uint8_t>(), N * Hp * Wp * C);
+  }
+  at::Tensor sums = at::empty({N, O, Ho, Wo}, x.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
+  Problem p{padded.data_ptr<uint8_t>(), w.data_ptr<uint8_t>(), a.data_ptr<float>(), b.data_ptr<float>(), nullptr,
+            nullptr, false, Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C, w.size(2)};
+  p.sums = sums.data_ptr<int32_t>();
+  for (int64_t r = 0; r < repeats; ++r) sums_and_outputs(p, N);
+  return sums;
+}
+
+namespace {
+
+// ---- a network's body in one call ---------------------------------------------------------------------------
+//
+// sad_body runs a chain of int8 adder layers (a ResNet's stages) as sad_forward would run them one by one, with
+// the same arithmetic (so bit for bit the same result), but: one call from Python for all of them; images
+// taken one at a time through the whole chain (each image's maps, a few tens of KB, stay in the core's cache
+// from one layer to the next; threads take whole images, so they never wait for each other between layers);
+// and the maps between layers in per-thread buffers kept from call to call (fresh memory for every map cost
+// page faults, a quarter of the network's time at batch 64). Fewer images than threads: all images go
+// through each layer together, the layer's positions shared among the threads as in sad_forward.
+
+// One layer of a body: kSpec integers each (see sad_body), maps numbered as written (map 0 is the input).
+constexpr int64_t kSpec = 8;
+struct BodyLayer {
+  const uint8_t* w;
+  const float *a, *b;
+  float inv;
+  int64_t kh, kw, stride, padding, zero_point, input, residual;
+  bool relu;
+  int64_t groups;  // the packed filters' byte groups per window row
+};
+struct MapShape {
+  int64_t C, H, W;
+  int64_t values() const { return C * H * W; }
+};
+
+// What one thread keeps between calls: the maps of the images it runs, the quantised input of one layer.
+struct BodyBuffers {
+  std::vector<float> maps;
+  std::vector<uint8_t> quantized;
+};
+
+BodyBuffers& thread_buffers() {
+  static thread_local BodyBuffers buffers;
+  return buffers;
+}
+
+struct Body {
+  std::vector<BodyLayer> layers;
+  std::vector<MapShape> maps;      // maps[l + 1] is layer l's output
+  std::vector<int64_t> slot;       // where each intermediate map lives (maps sharing a slot never live together)
+  std::vector<int64_t> slot_offset;  // per image, in floats; the last entry is the total
+  int64_t quantized_bytes = 0;     // the largest padded input, per image, with slack
+
+  // images [n0, n0 + count) of x (N, H, W, C) through every layer into y
+  void run(const float* x, float* y, int64_t n0, int64_t count) const {
+    BodyBuffers& buf = thread_buffers();
+    const size_t floats = static_cast<size_t>(slot_offset.back() * count);
+    const size_t bytes = static_cast<size_t>(quantized_bytes * count + kSlack);
+    if (buf.maps.size() < floats) buf.maps.resize(floats);
+    if (buf.quantized.size() < bytes) buf.quantized.resize(bytes);
+    const int64_t last = static_cast<int64_t>(layers.size());
+    auto map_at = [&](int64_t m) -> float* {
+      if (m == 0) return const_cast<float*>(x) + n0 * maps[0].values();
+      if (m == last) return y + n0 * maps[last].values();
+      return buf.maps.data() + slot_offset[slot[m]] * count;
+    };
+    for (int64_t l = 0; l < last; ++l) {
+      const BodyLayer& L = layers[l];
+      const MapShape& in = maps[L.input];
+      const MapShape& out = maps[l + 1];
+      const int64_t Hp = in.H + 2 * L.padding, Wp = in.W + 2 * L.padding;
+      uint8_t* q = buf.quantized.data();
+      std::memset(q + count * Hp * Wp * in.C, 0, kSlack);
+      quantize_pad(map_at(L.input), q, count, in.H, in.W, in.C, L.padding, L.inv, L.zero_point);
+      const Problem p{q, L.w, L.a, L.b, map_at(l + 1), L.residual >= 0 ? map_at(L.residual) : nullptr, L.relu,
+                      Hp, Wp, in.C, out.C, L.kh, L.kw, out.H, out.W, L.stride, L.kw * in.C, L.groups};
+      sums_and_outputs(p, count);
+    }
+  }
+};
+
+}  // namespace
+
+// The int8 adder layers of a network's body in one call (see above). x: float (N, C, H, W), best channels last;
+// per layer l: w[l] (sad_pack), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale) and
+// spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input map, residual map (-1: none), relu. Layer l
+// writes map l + 1; map 0 is x; a layer reads maps written before it. Returns the last map (N, O, Ho, Wo),
+// channels last.
+at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a, at::TensorList b,
+                    at::IntArrayRef spec, at::ArrayRef<double> inv_scale) {
+  TORCH_CHECK(input.dim() == 4 && input.size(0) > 0, "x must be (N, C, H, W) with at least one image");
+  const int64_t L = static_cast<int64_t>(w.size());
+  TORCH_CHECK(L > 0 && static_cast<int64_t>(a.size()) == L && static_cast<int64_t>(b.size()) == L &&
+              static_cast<int64_t>(inv_scale.size()) == L && static_cast<int64_t>(spec.size()) == kSpec * L,
+              "sad_body: w, a, b, inv_scale and spec must describe the same layers (kSpec integers each)");
+  const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  Body body;
+  body.maps.push_back({x.size(1), x.size(2), x.size(3)});
+  std::vector<int64_t> last_use(L + 1, -1);
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t* s = spec.data() + kSpec * l;
+    BodyLayer layer{w[l].data_ptr<uint8_t>(), nullptr, nullptr, static_cast<float>(inv_scale[l]),
+                    s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7] != 0, 0};
+    TORCH_CHECK(layer.input >= 0 && layer.input <= l && layer.residual >= -1 && layer.residual <= l,
+                "sad_body: layer ", l, " reads a map not yet written");
+    TORCH_CHECK(a[l].scalar_type() == at::kFloat && b[l].scalar_type() == at::kFloat,
+                "sad_body: a and b must be float32");
+    const MapShape in = body.maps[layer.input];
+    const auto [Ho, Wo] = check_layer(w[l], a[l], b[l], in.C, in.H, in.W, layer.kh, layer.kw, layer.stride,
+                                      layer.padding, layer.zero_point);
+    const MapShape out{a[l].numel(), Ho, Wo};
+    if (layer.residual >= 0) {
+      const MapShape r = body.maps[layer.residual];
+      TORCH_CHECK(r.C == out.C && r.H == out.H && r.W == out.W, "sad_body: layer ", l,
+                  "'s residual must have its output's shape");
+      last_use[layer.residual] = l;
+    }
+    last_use[layer.input] = l;
+    layer.a = a[l].data_ptr<float>();
+    layer.b = b[l].data_ptr<float>();
+    layer.groups = w[l].size(2);
+    body.quantized_bytes = std::max(body.quantized_bytes, (in.H + 2 * layer.padding) * (in.W + 2 * layer.padding) * in.C);
+    body.layers.push_back(layer);
+    body.maps.push_back(out);
+  }
+  // intermediate maps into slots: a slot is free again once every layer that reads its map has run
+  std::vector<int64_t> slot_size, slot_map;
+  body.slot.assign(L + 1, -1);
+  for (int64_t m = 1; m < L; ++m) {
+    int64_t chosen = -1;
+    for (size_t s = 0; s < slot_map.size(); ++s)
+      if (last_use[slot_map[s]] < m - 1 || last_use[slot_map[s]] == -1) chosen = static_cast<int64_t>(s);
+    if (chosen < 0) {
+      chosen = static_cast<int64_t>(slot_map.size());
+      slot_map.push_back(m);
+      slot_size.push_back(0);
+    }
+    slot_map[chosen] = m;
+    slot_size[chosen] = std::max(slot_size[chosen], body.maps[m].values());
+    body.slot[m] = chosen;
+  }
+  body.slot_offset.assign(slot_size.size() + 1, 0);
+  for (size_t s = 0; s < slot_size.size(); ++s) body.slot_offset[s + 1] = body.slot_offset[s] + slot_size[s];
+
+  const MapShape out = body.maps.back();
+  at::Tensor y = at::empty({x.size(0), out.C, out.H, out.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const float* xs = x.data_ptr<float>();
+  float* ys = y.data_ptr<float>();
+  const int64_t N = x.size(0);
+  if (N >= at::get_num_threads()) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) body.run(xs, ys, n, 1);
+    });
+  } else {
+    body.run(xs, ys, 0, N);
+  }
   return y;
 }
 
@@ -660,6 +871,8 @@ std::vector<double> sad_limit(int64_t threads) {
 TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_forward(Tensor x, float inv_scale, int zero_point, Tensor w, int kh, int kw, int stride, int padding, "
         "Tensor a, Tensor b, Tensor? residual, bool relu) -> Tensor");
+  m.def("sad_body(Tensor x, Tensor[] w, Tensor[] a, Tensor[] b, int[] spec, float[] inv_scale) -> Tensor");
+  m.def("sad_sums(Tensor x, Tensor w, int filters, int kh, int kw, int stride, int repeats=1) -> Tensor");
   m.def("sad_isa() -> str", &sad_isa);
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
   m.def("sad_limit(int threads) -> float[]", &sad_limit);
@@ -669,5 +882,7 @@ TORCH_LIBRARY(addernet_int8, m) {
 
 TORCH_LIBRARY_IMPL(addernet_int8, CPU, m) {
   m.impl("sad_forward", sad_forward);
+  m.impl("sad_body", sad_body);
+  m.impl("sad_sums", sad_sums);
   m.impl("small_conv", small_conv);
 }
