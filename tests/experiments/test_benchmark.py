@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from addernet.experiments import benchmark, int8_benchmark
@@ -66,6 +67,8 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     assert [r["layer"] for r in report["layers"]] == [layer[0] for layer in benchmark.RESNET20_LAYERS]
     assert report["layer_batch"] == 2 and "The int8 adder layer alone, batch 2, 1 thread" in result.stdout
     assert all(r["sums_terms_per_s"] > 0 for r in report["layers"])  # the inner loop, measured at 1 thread
+    if "onednn" in torch.backends.quantized.supported_engines:
+        assert any(line.startswith("oneDNN's int8 convolution: instruction set") for line in report["machine"])
     goals = result.stdout.split("## Against the goals")[1].strip().splitlines()
     # each goal judged from the run's own figures (the SAD-limit goal only where the CPU has the instruction;
     # thread scaling only when 1 and 2 threads both ran)
@@ -73,3 +76,18 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     for limit in report["sad_limits"]:  # x86 with AVX2 or AVX-512BW
         assert limit["threads"] == 1 and limit["pairs_per_instruction"] in (32, 64)
         assert limit["instructions_per_second"] > 1e8 and 0.2e9 < limit["clock_hz"] < 10e9
+
+
+def test_the_int8_report_shows_the_instructions_onednn_was_held_to():
+    """ONEDNN_MAX_CPU_ISA (how an AVX2 comparison holds PyTorch's int8 CNN on a newer CPU) shows in the report."""
+    import os
+    import subprocess
+    import sys
+
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this PyTorch has no oneDNN int8 engine")
+    code = "from addernet.experiments.int8_benchmark import onednn_int8_convolution as f; print(f())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "SSE41"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "instruction set Intel SSE4.1, implementation jit_uni_int8:sse41" in out.stdout

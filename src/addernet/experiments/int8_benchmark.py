@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -108,12 +109,57 @@ def cpu_identity() -> str:
     return device_name("cpu") + numbers
 
 
+def onednn_int8_convolution() -> str:
+    """What oneDNN (behind PyTorch's x86 and onednn int8 engines) runs an int8 convolution with, from its own
+    verbose report: the instruction set it settled on and the implementation (how to check that
+    ``ONEDNN_MAX_CPU_ISA`` holds it to AVX2). Empty where PyTorch has no oneDNN engine."""
+    import os
+    import tempfile
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        return ""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "onednn"
+    x = torch.randn(1, 16, 8, 8)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FX quantisation's deprecation notices
+            prepared = prepare_fx(torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1)).eval(),
+                                  get_default_qconfig_mapping("onednn"), example_inputs=(x,))
+            prepared(x)
+            conv = convert_fx(prepared)
+        with tempfile.TemporaryFile() as report:  # oneDNN writes to the process's standard output
+            sys.stdout.flush()
+            saved = os.dup(1)
+            os.dup2(report.fileno(), 1)
+            try:
+                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                    conv(x)
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+            report.seek(0)
+            lines = report.read().decode(errors="replace").splitlines()
+    finally:
+        torch.backends.quantized.engine = previous
+    isa = next((line.split("isa:", 1)[1] for line in lines if "isa:" in line), "not reported")
+    impl = next((line.split(",")[6] for line in lines if ",exec,cpu,convolution," in line and len(line.split(",")) > 6),
+                "not reported")
+    return f"oneDNN's int8 convolution: instruction set {isa}, implementation {impl}"
+
+
 def machine_lines(limits: list[SadLimit]) -> list[str]:
     flags = cpu_flags()
     simd = [f for f in ("avx2", "avx512bw", *VNNI, "amx_int8") if f in flags]
     lines = [f"CPU: {cpu_identity()}; SIMD: {', '.join(simd) or 'none of AVX2/AVX-512/VNNI'}; int8 adder kernel: "
              f"{int8.instruction_set()}; PyTorch: CPU capability {torch.backends.cpu.get_cpu_capability()}, "
              f"quantized engines {', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')}"]
+    if onednn := onednn_int8_convolution():
+        lines.append(onednn + " (fbgemm, the other int8 engine, picks its instructions from the CPU's and reports "
+                     "nothing)")
     for limit in limits:
         per_cycle = limit.instructions_per_second / limit.threads / limit.clock_hz
         lines.append(f"SAD limit, measured on {limit.threads} core{'s' * (limit.threads > 1)} at once: "
