@@ -91,3 +91,10 @@ def test_the_int8_report_shows_the_instructions_onednn_was_held_to():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "instruction set Intel SSE4.1, implementation jit_uni_int8:sse41" in out.stdout
+
+
+def test_thread_counts_take_turns_on_the_same_network_and_the_count_is_restored():
+    before = torch.get_num_threads()
+    scaling = int8_benchmark.thread_scaling("resnet20", 2, [1, 2], warmup=0, repeats=2)
+    assert sorted(scaling) == [1, 2] and all(v > 0 for v in scaling.values())
+    assert torch.get_num_threads() == before

@@ -4,7 +4,9 @@
 (N, C, H, W) quantised with one ``scale`` and ``zero_point`` shared with the filters,
 ``y[n, o, i, j] = a[o] * sum_{c,u,v} |qx_pad[n, c, i*s+u, j*s+v] - qw[o, c, u, v]| + b[o]`` exactly in integers
 before the final affine map (which folds the adder's -scale and the BatchNorm after it). Input and output
-are channels-last in memory (NCHW shapes), so consecutive layers need no copies.
+are channels-last in memory (NCHW shapes), so consecutive layers need no copies. :func:`sad_body` runs a chain
+of such layers (a ResNet's stages, :class:`BodyPlan`) in one call with the same arithmetic; :func:`sad_sums` is
+the sums alone (the benchmark's inner loop).
 
 The C++ extension is compiled once with the machine's compiler and cached (PyTorch's extension cache,
 ``TORCH_EXTENSIONS_DIR``); without a compiler a warning is given once and :func:`sad_forward_reference`, the

@@ -9,6 +9,9 @@
 //
 // The instruction set is chosen at run time (AVX-512BW, AVX2, else portable C++), so one build runs on any
 // x86-64 CPU; threads come from ATen's pool (torch.set_num_threads).
+//
+// Entry points: sad_forward (one layer), sad_body (a chain of layers in one call, below), sad_sums (the sums
+// alone), sad_pack (the filters' layout), small_conv (a float stem), sad_limit (the instruction's own rate).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
