@@ -39,30 +39,58 @@ def _quantized_resnet(name: str, size: int) -> torch.nn.Module:
 
 
 @needs_kernel
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_the_body_gives_the_layers_results_bit_for_bit(threads, batch):
+@pytest.mark.parametrize("threads, batch, size", [(1, 1, 12), (1, 3, 12), (2, 1, 12), (2, 3, 12), (4, 3, 32)])
+def test_the_body_gives_the_layers_results_bit_for_bit(threads, batch, size):
     """Images one at a time through the layers (batch >= threads: threads take whole images) or all images
-    through each layer (fewer images than threads), residual blocks with and without a 1x1 shortcut, maps
-    of every stage: the same floats as each layer called alone, and a second call the same as the first (the
-    buffers kept between calls)."""
-    net = quantized_resnet()
+    through each layer (fewer images than threads; at 32 x 32 the first stage's layers are large enough for
+    their positions to be split among the threads), residual blocks with and without a 1x1 shortcut, maps of
+    every stage: the same floats as each layer called alone; then a smaller call after the larger one (the
+    buffers kept between calls) the same as its layers too."""
+    net = quantized_resnet(size=size)
     assert isinstance(net.stages, Int8Body)
-    x = torch.randn(batch, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         with torch.no_grad():
             features = net.stem(x)
             one_call = net.stages(features)
-            again = net.stages(features)
             layers = net.stages.forward_layers(features)
+            smaller = features[:1, :, :size // 2, :size // 2].contiguous(memory_format=torch.channels_last)
+            again, again_layers = net.stages(smaller), net.stages.forward_layers(smaller)
     finally:
         torch.set_num_threads(previous)
     assert one_call.is_contiguous(memory_format=torch.channels_last)
     assert (one_call > 0).float().mean() > 0.2  # a map of values, not of zeros
     torch.testing.assert_close(one_call, layers, rtol=0, atol=0)
-    torch.testing.assert_close(again, layers, rtol=0, atol=0)
+    torch.testing.assert_close(again, again_layers, rtol=0, atol=0)
+
+
+def adder(c_in: int, c_out: int, k: int, stride: int, seed: int) -> Int8Adder2d:
+    torch.manual_seed(seed)
+    layer = Int8Adder2d(c_in, c_out, k, stride, k // 2, 0.05, 7)
+    layer.qweight.copy_(torch.randint(0, 256, layer.qweight.shape, dtype=torch.uint8))
+    layer.a.copy_(-torch.rand(c_out) / 200)
+    layer.b.copy_(torch.rand(c_out) * 4)
+    return layer
+
+
+@needs_kernel
+def test_a_map_read_several_layers_later_keeps_its_buffer():
+    """A hand-made chain whose residuals reach back 3 and 4 layers (the buffers of the maps in between are
+    reused meanwhile) against the same layers called one by one."""
+    layers = [adder(8, 8, 3, 1, seed) for seed in range(5)]
+    plan = int8.BodyPlan()
+    plan.add(layers[0], 0, None, relu=True)    # map 1
+    plan.add(layers[1], 1, None, relu=True)    # map 2
+    plan.add(layers[2], 2, None, relu=True)    # map 3
+    plan.add(layers[3], 3, 0, relu=True)       # map 4 = f(map 3) + map 0 (the input)
+    plan.add(layers[4], 4, 1, relu=False)      # map 5 = f(map 4) + map 1
+    x = torch.rand(3, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    m1 = layers[0](x, None, True)
+    m3 = layers[2](layers[1](m1, None, True), None, True)
+    expected = layers[4](layers[3](m3, x, True), m1, False)
+    torch.testing.assert_close(int8.sad_body(x, plan), expected, rtol=0, atol=0)
 
 
 @needs_kernel
@@ -71,7 +99,7 @@ def test_the_body_plans_bottlenecks_and_the_portable_path():
     code = ("import torch, sys; sys.path.insert(0, 'tests/deploy'); from test_int8_body import quantized_resnet; "
             "from addernet.nn.kernels import int8; net = quantized_resnet('adder_resnet50', 8); "
             "x = torch.randn(2, 3, 8, 8); f = net.stem(x.contiguous(memory_format=torch.channels_last)); "
-            "print(int8.instruction_set(), len(net.stages.plan().packed), "
+            "print(int8.instruction_set(), len(net.stages.plan().layers), "
             "bool(torch.equal(net.stages(f), net.stages.forward_layers(f))))")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ADDERNET_SAD_ISA": "portable"},
@@ -82,7 +110,7 @@ def test_the_body_plans_bottlenecks_and_the_portable_path():
 
 
 @needs_kernel
-def test_the_body_keeps_the_state_dict_and_plans_again_after_loading():
+def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_or_changed_later():
     net = quantized_resnet()
     keys = set(net.state_dict())
     assert "stages.0.0.conv1.qweight" in keys and "stages.1.0.downsample.0.qweight" in keys
@@ -90,11 +118,17 @@ def test_the_body_keeps_the_state_dict_and_plans_again_after_loading():
         features = net.stem(torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last))
         before = net.stages(features)
         state = {k: v.clone() for k, v in net.state_dict().items()}
-        state["stages.2.2.conv2.b"] += 1.0  # the last layer's bias: every output moves
-        net.load_state_dict(state)
-        after = net.stages(features)
-        assert not torch.equal(before, after)  # the loaded values are used, not the plan made before
-        torch.testing.assert_close(after, net.stages.forward_layers(features), rtol=0, atol=0)
+        state["stages.2.2.conv2.qweight"] = torch.randint(0, 256, state["stages.2.2.conv2.qweight"].shape,
+                                                          dtype=torch.uint8)
+        net.load_state_dict(state)  # copies into the layers' tensors
+        loaded = net.stages(features)
+        assert not torch.equal(before, loaded)  # the loaded filters are used, not those packed before
+        torch.testing.assert_close(loaded, net.stages.forward_layers(features), rtol=0, atol=0)
+        net.stages[2][2].conv2.qweight.random_(0, 256)  # changed in place
+        changed = net.stages(features)
+        assert not torch.equal(loaded, changed)
+        torch.testing.assert_close(changed, net.stages.forward_layers(features), rtol=0, atol=0)
+    assert isinstance(net.stages[1:], Int8Body)  # slicing keeps the class (nn.Sequential builds a new one)
 
 
 @needs_kernel
@@ -109,3 +143,7 @@ def test_a_plan_that_reads_a_map_not_yet_written_is_refused():
     plan.add(Int8Adder2d(4, 8, 3, 2, 1, 0.1, 3), 0, 0, relu=True)  # a residual of another shape
     with pytest.raises(RuntimeError, match="residual must have its output's shape"):
         int8.sad_body(torch.randn(1, 4, 6, 6), plan)
+    plan = int8.BodyPlan()
+    plan.add(Int8Adder2d(4, 8, 3, 1, 1, 0.1, 3), 0, None, relu=True)
+    with pytest.raises(RuntimeError, match="takes 4 channels, its input map has 3"):
+        int8.sad_body(torch.randn(1, 3, 6, 6), plan)

@@ -54,6 +54,7 @@ class Int8Adder2d(nn.Module):
         self.register_buffer("a", torch.ones(out_channels))
         self.register_buffer("b", torch.zeros(out_channels))
         self._packed: torch.Tensor | None = None  # the kernel's layout of qweight, made on first use
+        self._packed_version = -1  # qweight's version when packed: filters changed in place are packed again
 
     @classmethod
     def from_float(cls, adder: Adder2d, bn: nn.BatchNorm2d | None, scale: float, zero_point: int) -> Int8Adder2d:
@@ -82,14 +83,17 @@ class Int8Adder2d(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         """The layer and its BatchNorm; ``residual`` added and ``relu`` applied in the same pass."""
-        if self._packed is None and int8.extension_available():
-            self._packed = int8.pack_filters(self.qweight)
+        packed = self.packed_filters() if int8.extension_available() else None
         return int8.sad_forward(x, self.scale, self.zero_point, self.qweight, self.stride, self.padding, self.a,
-                                self.b, self._packed, residual, relu)
+                                self.b, packed, residual, relu)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._packed = None  # new filters: pack again
-        super()._load_from_state_dict(*args, **kwargs)
+    def packed_filters(self) -> torch.Tensor:
+        """``qweight`` in the kernel's layout (:func:`addernet.nn.kernels.int8.pack_filters`), packed again when the
+        filters changed (loaded, or written in place)."""
+        if self._packed is None or self._packed_version != self.qweight._version:
+            self._packed = int8.pack_filters(self.qweight)
+            self._packed_version = self.qweight._version
+        return self._packed
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -125,9 +129,9 @@ class Int8Body(nn.Sequential):
     stages stay its children under their names, so the state dict reads the same; without the compiled
     kernel it runs them one by one."""
 
-    def __init__(self, stages: nn.Sequential):
-        super().__init__(OrderedDict(stages._modules))
-        self._plan: int8.BodyPlan | None = None  # made on first use
+    def __init__(self, stages: nn.Sequential | OrderedDict):
+        super().__init__(OrderedDict(stages._modules) if isinstance(stages, nn.Module) else stages)
+        self._plan: int8.BodyPlan | None = None  # made on first use (the layers' filters are read at each call)
 
     @staticmethod
     def fits(stages: nn.Module) -> bool:
@@ -169,10 +173,6 @@ class Int8Body(nn.Sequential):
     def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks one by one, each layer its own kernel call (the same result)."""
         return super().forward(x)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._plan = None  # new filters: plan again
-        super()._load_from_state_dict(*args, **kwargs)
 
 
 def fuse_body(model: nn.Module) -> nn.Module:

@@ -63,7 +63,8 @@ def quantize(t: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
 def pack_filters(qw: torch.Tensor) -> torch.Tensor:
     """uint8 filters (O, C, kh, kw) -> the kernel's layout (see ``csrc/adder_sad.cpp``); needs the extension."""
     if not extension_available():
-        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_forward runs without it")
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); pack_filters needs it "
+                           "(sad_forward runs without it)")
     return torch.ops.addernet_int8.sad_pack(qw.contiguous())
 
 
@@ -88,42 +89,45 @@ def sad_sums(qx: torch.Tensor, qw: torch.Tensor, stride: int, packed: torch.Tens
     quantisation and no output map. The benchmark times it as the inner loop, ``repeats`` times over in one
     call (into the same memory)."""
     if not extension_available():
-        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_sums runs without it")
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_sums needs it")
     packed = pack_filters(qw) if packed is None else packed
     return torch.ops.addernet_int8.sad_sums(qx, packed, qw.shape[0], qw.shape[2], qw.shape[3], stride, repeats)
 
 
 class BodyPlan:
-    """Int8 adder layers in the order :func:`sad_body` runs them, each reading maps written before it."""
+    """Int8 adder layers in the order :func:`sad_body` runs them, each reading maps written before it. The plan
+    keeps the layers themselves: their filters, ``a`` and ``b`` are read at every call (filters loaded or
+    changed in place are used, packed again), their geometry, scale and zero point once, when added."""
 
-    SPEC = 8  # integers per layer (csrc/adder_sad.cpp's kSpec)
+    SPEC = 9  # integers per layer (csrc/adder_sad.cpp's kSpec)
 
     def __init__(self):
-        self.packed: list[torch.Tensor] = []
-        self.a: list[torch.Tensor] = []
-        self.b: list[torch.Tensor] = []
+        self.layers: list = []
         self.spec: list[int] = []
         self.inv_scale: list[float] = []
 
     def add(self, layer, input_map: int, residual_map: int | None, relu: bool) -> int:
         """Append an :class:`~addernet.deploy.quantized.Int8Adder2d` reading map ``input_map`` (0: the body's input),
         ``residual_map`` added before ``relu``; returns the number of the map it writes."""
-        self.packed.append(pack_filters(layer.qweight))
-        self.a.append(layer.a.float().contiguous())
-        self.b.append(layer.b.float().contiguous())
-        self.spec += [layer.kernel_size, layer.kernel_size, layer.stride, layer.padding, layer.zero_point, input_map,
-                      -1 if residual_map is None else residual_map, int(relu)]
+        self.layers.append(layer)
+        self.spec += [layer.kernel_size, layer.kernel_size, layer.stride, layer.padding, layer.zero_point,
+                      layer.in_channels, input_map, -1 if residual_map is None else residual_map, int(relu)]
         self.inv_scale.append(1.0 / layer.scale)
-        return len(self.packed)
+        assert len(self.spec) == self.SPEC * len(self.layers)
+        return len(self.layers)
 
 
 def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:
     """The layers of ``plan`` in one call (needs the extension): the same result as :func:`sad_forward` layer by
     layer, bit for bit, with images taken one at a time through all of them (threads take whole images) and
-    the maps between layers in buffers kept between calls. Returns the last layer's map."""
+    the maps between layers in per-thread buffers kept between calls (as large as the largest call needed,
+    until the process ends). Returns the last layer's map."""
     if not extension_available():
-        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_body runs without it")
-    return torch.ops.addernet_int8.sad_body(x, plan.packed, plan.a, plan.b, plan.spec, plan.inv_scale)
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_body needs it")
+    layers = plan.layers
+    return torch.ops.addernet_int8.sad_body(x, [layer.packed_filters() for layer in layers],
+                                            [layer.a for layer in layers], [layer.b for layer in layers],
+                                            plan.spec, plan.inv_scale)
 
 
 def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,

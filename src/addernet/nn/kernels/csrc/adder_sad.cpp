@@ -26,6 +26,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -399,6 +400,7 @@ std::pair<int64_t, int64_t> check_layer(const at::Tensor& w, const at::Tensor& a
                                         int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t stride,
                                         int64_t padding, int64_t zero_point) {
   const int64_t O = a.numel();
+  TORCH_CHECK(kh >= 1 && kw >= 1, "the kernel must be at least 1 x 1");
   TORCH_CHECK(w.dim() == 5 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(3) == kLanes &&
               w.size(4) == 8, "w must come from sad_pack");
   TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "zero_point must be in [0, 255]");
@@ -490,7 +492,7 @@ namespace {
 // through each layer together, the layer's positions shared among the threads as in sad_forward.
 
 // One layer of a body: kSpec integers each (see sad_body), maps numbered as written (map 0 is the input).
-constexpr int64_t kSpec = 8;
+constexpr int64_t kSpec = 9;
 struct BodyLayer {
   const uint8_t* w;
   const float *a, *b;
@@ -520,7 +522,7 @@ struct Body {
   std::vector<MapShape> maps;      // maps[l + 1] is layer l's output
   std::vector<int64_t> slot;       // where each intermediate map lives (maps sharing a slot never live together)
   std::vector<int64_t> slot_offset;  // per image, in floats; the last entry is the total
-  int64_t quantized_bytes = 0;     // the largest padded input, per image, with slack
+  int64_t quantized_bytes = 0;     // the largest padded input, per image
 
   // images [n0, n0 + count) of x (N, H, W, C) through every layer into y
   void run(const float* x, float* y, int64_t n0, int64_t count) const {
@@ -554,7 +556,8 @@ struct Body {
 
 // The int8 adder layers of a network's body in one call (see above). x: float (N, C, H, W), best channels last;
 // per layer l: w[l] (sad_pack), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale) and
-// spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input map, residual map (-1: none), relu. Layer l
+// spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input channels, input map, residual map (-1:
+// none), relu. Layer l
 // writes map l + 1; map 0 is x; a layer reads maps written before it. Returns the last map (N, O, Ho, Wo),
 // channels last.
 at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a, at::TensorList b,
@@ -570,13 +573,12 @@ at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a,
   std::vector<int64_t> last_use(L + 1, -1);
   for (int64_t l = 0; l < L; ++l) {
     const int64_t* s = spec.data() + kSpec * l;
-    BodyLayer layer{w[l].data_ptr<uint8_t>(), nullptr, nullptr, static_cast<float>(inv_scale[l]),
-                    s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7] != 0, 0};
+    BodyLayer layer{nullptr, nullptr, nullptr, static_cast<float>(inv_scale[l]),
+                    s[0], s[1], s[2], s[3], s[4], s[6], s[7], s[8] != 0, 0};
     TORCH_CHECK(layer.input >= 0 && layer.input <= l && layer.residual >= -1 && layer.residual <= l,
                 "sad_body: layer ", l, " reads a map not yet written");
-    TORCH_CHECK(a[l].scalar_type() == at::kFloat && b[l].scalar_type() == at::kFloat,
-                "sad_body: a and b must be float32");
     const MapShape in = body.maps[layer.input];
+    TORCH_CHECK(s[5] == in.C, "sad_body: layer ", l, " takes ", s[5], " channels, its input map has ", in.C);
     const auto [Ho, Wo] = check_layer(w[l], a[l], b[l], in.C, in.H, in.W, layer.kh, layer.kw, layer.stride,
                                       layer.padding, layer.zero_point);
     const MapShape out{a[l].numel(), Ho, Wo};
@@ -587,6 +589,7 @@ at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a,
       last_use[layer.residual] = l;
     }
     last_use[layer.input] = l;
+    layer.w = w[l].data_ptr<uint8_t>();
     layer.a = a[l].data_ptr<float>();
     layer.b = b[l].data_ptr<float>();
     layer.groups = w[l].size(2);
@@ -600,7 +603,7 @@ at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a,
   for (int64_t m = 1; m < L; ++m) {
     int64_t chosen = -1;
     for (size_t s = 0; s < slot_map.size(); ++s)
-      if (last_use[slot_map[s]] < m - 1 || last_use[slot_map[s]] == -1) chosen = static_cast<int64_t>(s);
+      if (last_use[slot_map[s]] < m - 1) chosen = static_cast<int64_t>(s);  // (-1: never read)
     if (chosen < 0) {
       chosen = static_cast<int64_t>(slot_map.size());
       slot_map.push_back(m);
