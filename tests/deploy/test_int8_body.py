@@ -128,6 +128,11 @@ def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_or_changed_later(
         changed = net.stages(features)
         assert not torch.equal(loaded, changed)
         torch.testing.assert_close(changed, net.stages.forward_layers(features), rtol=0, atol=0)
+        layer = net.stages[2][2].conv2
+        layer.b = layer.b + 1.0  # a tensor replaced
+        replaced = net.stages(features)
+        assert not torch.equal(changed, replaced)
+        torch.testing.assert_close(replaced, net.stages.forward_layers(features), rtol=0, atol=0)
     assert isinstance(net.stages[1:], Int8Body)  # slicing keeps the class (nn.Sequential builds a new one)
 
 
