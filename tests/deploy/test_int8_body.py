@@ -109,31 +109,47 @@ def test_the_body_plans_bottlenecks_and_the_portable_path():
     assert (isa, layers, equal) == ("portable", "52", "True")  # 16 blocks x 3 layers + 4 shortcuts
 
 
+def packed_afresh(net: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The stages layer by layer with every layer's filters packed anew: a reference that trusts no cache."""
+    for layer in net.modules():
+        if isinstance(layer, Int8Adder2d):
+            layer._packed = None
+    return net.stages.forward_layers(features)
+
+
 @needs_kernel
-def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_or_changed_later():
+def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_changed_or_replaced_later():
     net = quantized_resnet()
     keys = set(net.state_dict())
     assert "stages.0.0.conv1.qweight" in keys and "stages.1.0.downsample.0.qweight" in keys
+    layer = net.stages[2][2].conv2
     with torch.no_grad():
         features = net.stem(torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last))
-        before = net.stages(features)
+        results = [net.stages(features)]
         state = {k: v.clone() for k, v in net.state_dict().items()}
-        state["stages.2.2.conv2.qweight"] = torch.randint(0, 256, state["stages.2.2.conv2.qweight"].shape,
-                                                          dtype=torch.uint8)
-        net.load_state_dict(state)  # copies into the layers' tensors
-        loaded = net.stages(features)
-        assert not torch.equal(before, loaded)  # the loaded filters are used, not those packed before
-        torch.testing.assert_close(loaded, net.stages.forward_layers(features), rtol=0, atol=0)
-        net.stages[2][2].conv2.qweight.random_(0, 256)  # changed in place
-        changed = net.stages(features)
-        assert not torch.equal(loaded, changed)
-        torch.testing.assert_close(changed, net.stages.forward_layers(features), rtol=0, atol=0)
-        layer = net.stages[2][2].conv2
-        layer.b = layer.b + 1.0  # a tensor replaced
-        replaced = net.stages(features)
-        assert not torch.equal(changed, replaced)
-        torch.testing.assert_close(replaced, net.stages.forward_layers(features), rtol=0, atol=0)
+        # the filters reordered (random ones would leave a map of zeros after the ReLU: no change to see)
+        state["stages.2.2.conv2.qweight"] = layer.qweight.flip(0)
+        changes = [lambda: net.load_state_dict(state),  # copies into the layers' tensors
+                   lambda: layer.qweight.copy_(layer.qweight.roll(1, dims=1)),  # filters changed in place
+                   lambda: setattr(layer, "qweight", layer.qweight.flip(0).clone()),  # a tensor replaced
+                   lambda: layer.a.mul_(2.0),  # the output map's scale changed in place
+                   lambda: setattr(layer, "b", layer.b + 1.0)]
+        for change in changes:
+            change()
+            results.append(net.stages(features))
+            assert (results[-1] > 0).any()
+            assert not torch.equal(results[-2], results[-1])  # the change is used, not what the plan saw before
+            torch.testing.assert_close(results[-1], packed_afresh(net, features), rtol=0, atol=0)
     assert isinstance(net.stages[1:], Int8Body)  # slicing keeps the class (nn.Sequential builds a new one)
+
+
+@needs_kernel
+def test_a_network_made_and_run_under_inference_mode():
+    """Tensors made under torch.inference_mode have no version counter: the body runs on identities there."""
+    with torch.inference_mode():
+        net = quantized_resnet()
+        features = net.stem(torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(net.stages(features), packed_afresh(net, features), rtol=0, atol=0)
 
 
 @needs_kernel

@@ -101,7 +101,8 @@ def test_thread_counts_take_turns_on_the_same_network_and_the_count_is_restored(
     assert torch.get_num_threads() == before
 
 
-def report_of(adder_64: float, avx512: bool = False, engine: str = "onednn", onednn: str = "") -> object:
+def report_of(adder_64: float, avx512: bool = False, engine: str = "onednn", onednn: str = "", vnni: bool = False,
+              cap: str = "", isa: str = "avx2") -> object:
     """A hand-made int8 report: 1 and 2 threads at batch 64, a SAD limit of 1e11 terms/s a core."""
     B = int8_benchmark
     cells = []
@@ -115,8 +116,8 @@ def report_of(adder_64: float, avx512: bool = False, engine: str = "onednn", one
     limits = {n: B.SadLimit(n, n * 1e11 / 32, 32, 3e9) for n in (1, 2)}
     layers = [B.LayerRate(1, "stage1", 5e10, 2e10, 8e10), B.LayerRate(1, "stage3", 6e10, 3e10, 6e10),
               B.LayerRate(2, "stage1", 9e10, 4e10, None), B.LayerRate(2, "stage3", 1e11, 5e10, None)]
-    return B.Report(["CPU: test"], limits, cells, layers, 64, False, "avx2", avx512, onednn, 64,
-                    {1: adder_64, 2: 1.9 * adder_64})
+    return B.Report(["CPU: test"], limits, cells, layers, 64, vnni, isa, avx512, onednn, 64,
+                    {1: adder_64, 2: 1.9 * adder_64}, pytorch_capability="AVX2", onednn_cap=cap)
 
 
 def test_the_goals_are_computed_from_the_reports_figures():
@@ -125,7 +126,8 @@ def test_the_goals_are_computed_from_the_reports_figures():
     assert lines[1].endswith("lowest 85%, met")  # kernel 0.034 s against the network's best call, 0.04 s
     assert "80% stage1, 60% stage3; 1 of 2 shapes at 70% or more, NOT met" in lines[2]  # of 1e11 a core
     assert lines[3] == "2 threads >= 1.8x one thread at batch 64 (side by side): 1.90x, met"
-    assert lines[4].endswith("lowest 1.22x; adder kernel avx2, PyTorch held to AVX2 by the CPU; met")
+    assert lines[4].endswith("lowest 1.22x; adder kernel avx2, PyTorch capability AVX2, its int8 libraries by the "
+                             "CPU (neither AVX-512 nor VNNI); met")
     assert "| 64 | 50.000 |" in int8_benchmark.markdown(report_of(1_100.0))
     assert int8_benchmark.goals(report_of(800.0))[4].endswith("NOT met")  # 800 < 900 img/s
 
@@ -140,3 +142,16 @@ def test_on_a_cpu_with_avx512_pytorch_must_be_held_to_avx2_for_the_avx2_verdict(
         "ONEDNN_MAX_CPU_ISA=AVX2)")
     assert last(onednn="oneDNN's int8 convolution: instruction set Intel AVX2, implementation "
                        "jit_uni_int8:avx2").endswith("; met")
+    assert last(onednn="oneDNN's int8 convolution: instruction set Intel AVX2, implementation "
+                       "jit_uni_int8:avx2", isa="avx512bw").endswith("ONEDNN_MAX_CPU_ISA=AVX2)")  # adder not AVX2
+
+
+def test_a_cpu_with_vnni_is_judged_at_avx2_when_pytorch_is_held_there():
+    def last(**kwargs) -> str:
+        return int8_benchmark.goals(report_of(1_100.0, avx512=True, vnni=True, **kwargs))[-1]
+
+    assert "on a CPU with VNNI" in last()  # PyTorch free to use VNNI: the moonshot line
+    held = last(cap="AVX2", onednn="oneDNN's int8 convolution: instruction set Intel AVX2")
+    assert "both on AVX2" in held and held.endswith("; met")
+    assert last(cap="AVX2", onednn="oneDNN's int8 convolution: instruction set Intel AVX2 with Intel DL Boost"
+                ).endswith("ONEDNN_MAX_CPU_ISA=AVX2)")

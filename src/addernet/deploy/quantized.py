@@ -54,7 +54,7 @@ class Int8Adder2d(nn.Module):
         self.register_buffer("a", torch.ones(out_channels))
         self.register_buffer("b", torch.zeros(out_channels))
         self._packed: torch.Tensor | None = None  # the kernel's layout of qweight, made on first use
-        self._packed_version = -1  # qweight's version when packed: filters changed in place are packed again
+        self._packed_from: tuple = ()  # (the qweight tensor packed, its version): a new or changed one packs again
 
     @classmethod
     def from_float(cls, adder: Adder2d, bn: nn.BatchNorm2d | None, scale: float, zero_point: int) -> Int8Adder2d:
@@ -89,10 +89,13 @@ class Int8Adder2d(nn.Module):
 
     def packed_filters(self) -> torch.Tensor:
         """``qweight`` in the kernel's layout (:func:`addernet.nn.kernels.int8.pack_filters`), packed again when the
-        filters changed (loaded, or written in place)."""
-        if self._packed is None or self._packed_version != self.qweight._version:
-            self._packed = int8.pack_filters(self.qweight)
-            self._packed_version = self.qweight._version
+        filters changed (loaded, written in place, or replaced; writes through ``.data``, which PyTorch does
+        not count, are not seen)."""
+        w = self._buffers["qweight"]
+        if self._packed is None or not self._packed_from or self._packed_from[0] is not w \
+                or self._packed_from[1] != int8.version(w):
+            self._packed = int8.pack_filters(w)
+            self._packed_from = (w, int8.version(w))
         return self._packed
 
     def extra_repr(self) -> str:

@@ -218,6 +218,9 @@ def int8_cnn(name: str, x: torch.Tensor) -> tuple[torch.nn.Module, str]:
         seconds = side_by_side({engine: lambda: model(x)}, 2, 5)[engine]
         if best is None or seconds < best[0]:
             best = (seconds, model, engine)
+    if best is None:
+        raise RuntimeError(f"none of PyTorch's int8 engines {', '.join(engines())} is in this build "
+                           f"({', '.join(torch.backends.quantized.supported_engines)}): the int8 CNN twin cannot run")
     torch.backends.quantized.engine = best[2]
     return best[1], best[2]
 
@@ -383,13 +386,16 @@ class Report:
     onednn: str = ""  # onednn_int8_convolution()
     scaling_batch: int = 0
     scaling: dict[int, float] = field(default_factory=dict)  # img/s by thread count, side by side
+    pytorch_capability: str = ""  # torch.backends.cpu.get_cpu_capability()
+    onednn_cap: str = ""  # ONEDNN_MAX_CPU_ISA, where set
 
     def as_dict(self) -> dict:
         return {"machine": self.machine, "sad_limits": [asdict(v) for v in self.limits.values()],
                 "cells": [asdict(c) for c in self.cells], "layers": [asdict(r) for r in self.layers],
                 "layer_batch": self.layer_batch, "vnni": self.vnni, "adder_isa": self.adder_isa,
                 "avx512": self.avx512, "onednn": self.onednn, "scaling_batch": self.scaling_batch,
-                "scaling": self.scaling}
+                "scaling": self.scaling, "pytorch_capability": self.pytorch_capability,
+                "onednn_cap": self.onednn_cap}
 
 
 def run(name: str, threads: list[int], batches: list[int], layer_batch: int, warmup: int, repeats: int) -> Report:
@@ -401,7 +407,8 @@ def run(name: str, threads: list[int], batches: list[int], layer_batch: int, war
         layers += measure_layers(layer_batch, warmup, repeats, inner_loop=n == threads[0])  # one thread anyway
     report = Report(machine_lines(list(limits.values())), limits, cells, layers, layer_batch,
                     any(f in cpu_flags() for f in VNNI), int8.instruction_set(), "avx512bw" in cpu_flags(),
-                    onednn_int8_convolution())
+                    onednn_int8_convolution(), pytorch_capability=torch.backends.cpu.get_cpu_capability(),
+                    onednn_cap=os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
     if len(threads) > 1:
         report.scaling_batch = max(batches)
         report.scaling = thread_scaling(name, report.scaling_batch, threads, warmup, repeats)
@@ -489,18 +496,24 @@ def goals(report: Report) -> list[str]:
         scaling = report.scaling[2] / report.scaling[1]
         lines.append(f"2 threads >= 1.8x one thread at batch {report.scaling_batch} (side by side): {scaling:.2f}x, "
                      f"{verdict(scaling >= 1.8)}")
-    if report.vnni:
+    if report.vnni and not report.onednn_cap:
         lines.append(f"int8 adder vs PyTorch's int8 CNN twin on a CPU with VNNI: lowest {vs_int8:.2f}x (goal: as "
                      f"close as the instruction rates allow; equal is the moonshot), {verdict(vs_int8 >= 1)} for equal")
     else:
-        # both at AVX2: the adder kernel's path, and PyTorch's by the CPU itself or by ONEDNN_MAX_CPU_ISA with
-        # oneDNN's own report (fbgemm does not obey it, so no cell may have run there)
-        pytorch_avx2 = not report.avx512 or (all(c.engine == "onednn" for c in cells) and "AVX2" in report.onednn
-                                             and "512" not in report.onednn)
+        # both at AVX2: the adder kernel's path, and PyTorch's: ATen's capability, and its int8 libraries held by
+        # the CPU itself (neither AVX-512 nor VNNI) or by ONEDNN_MAX_CPU_ISA with oneDNN's own report (fbgemm
+        # does not obey it, so no cell may have run there)
+        newer = ("512", "DL Boost", "VNNI", "AMX")
+        by_cpu = not report.avx512 and not report.vnni
+        by_cap = all(c.engine == "onednn" for c in cells) and "AVX2" in report.onednn and \
+            not any(word in report.onednn for word in newer)
+        pytorch_avx2 = report.pytorch_capability == "AVX2" and (by_cpu or by_cap)
         judged = report.adder_isa == "avx2" and pytorch_avx2
-        lines.append(f"int8 adder >= PyTorch's int8 CNN twin at every batch and thread count, both on AVX2 (a CPU "
-                     f"without VNNI): lowest {vs_int8:.2f}x; adder kernel {report.adder_isa}, PyTorch "
-                     f"{'held to AVX2 by the CPU' if not report.avx512 else report.onednn or 'not held'}; " +
+        held = "by the CPU (neither AVX-512 nor VNNI)" if by_cpu else f"by ONEDNN_MAX_CPU_ISA: {report.onednn}" \
+            if by_cap else "not held"
+        lines.append(f"int8 adder >= PyTorch's int8 CNN twin at every batch and thread count, both on AVX2: lowest "
+                     f"{vs_int8:.2f}x; adder kernel {report.adder_isa}, PyTorch capability "
+                     f"{report.pytorch_capability or 'unknown'}, its int8 libraries {held}; " +
                      (verdict(vs_int8 >= 1) if judged else
                       "not judged (not both on AVX2: run with ADDERNET_SAD_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 "
                       "ONEDNN_MAX_CPU_ISA=AVX2)"))

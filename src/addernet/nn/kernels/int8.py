@@ -94,13 +94,22 @@ def sad_sums(qx: torch.Tensor, qw: torch.Tensor, stride: int, packed: torch.Tens
     return torch.ops.addernet_int8.sad_sums(qx, packed, qw.shape[0], qw.shape[2], qw.shape[3], stride, repeats)
 
 
+def version(t: torch.Tensor) -> int | None:
+    """``t``'s version counter (bumped by every in-place change), None for a tensor made under
+    ``torch.inference_mode`` (it has none; then only its identity tells a change)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 class BodyPlan:
     """Int8 adder layers in the order :func:`sad_body` runs them, each reading maps written before it. Their
     geometry, scale and zero point are taken once, when added; their tensors (``qweight``, ``a``, ``b``) are
-    checked at every call, and filters loaded or changed in place, or tensors replaced, are used (the filters
-    packed again, by the layer: ``packed_filters()``). The check reads the layers' buffer dictionaries
-    directly: a module's attribute lookup costs about a microsecond, 60 of them a tenth of a batch-1
-    forward."""
+    checked at every call, by identity and version: filters loaded or changed in place, or tensors replaced,
+    are used (the filters packed again, by the layer: ``packed_filters()``). The check reads the layers'
+    buffer dictionaries directly: a module's attribute lookup costs about a microsecond, 60 of them a tenth
+    of a batch-1 forward."""
 
     SPEC = 9  # integers per layer (csrc/adder_sad.cpp's kSpec)
 
@@ -108,7 +117,7 @@ class BodyPlan:
         self.layers: list = []
         self.spec: list[int] = []
         self.inv_scale: list[float] = []
-        self._seen: list[tuple] = []  # per layer: (qweight, its version, a, b) when last packed
+        self._seen: list[tuple] = []  # per layer: (qweight, a, b) and their versions when last taken
         self._arguments: tuple[list, list, list] = ([], [], [])  # packed filters, a, b
 
     def add(self, layer, input_map: int, residual_map: int | None, relu: bool) -> int:
@@ -118,23 +127,23 @@ class BodyPlan:
         self.spec += [layer.kernel_size, layer.kernel_size, layer.stride, layer.padding, layer.zero_point,
                       layer.in_channels, input_map, -1 if residual_map is None else residual_map, int(relu)]
         self.inv_scale.append(1.0 / layer.scale)
-        self._seen.append((None, -1, None, None))
+        self._seen.append(())
         for kept in self._arguments:
             kept.append(None)
         return len(self.layers)
 
     def arguments(self) -> tuple[list, list, list]:
-        """The layers' packed filters, ``a`` and ``b``, each as :func:`sad_body` passes them."""
+        """The layers' packed filters, ``a`` and ``b``, as :func:`sad_body` passes them (lists this plan keeps and
+        updates: valid until its next call)."""
         packed, a, b = self._arguments
         for i, layer in enumerate(self.layers):
             buffers = layer._buffers
-            weight, version, seen_a, seen_b = self._seen[i]
-            if buffers["qweight"] is not weight or weight._version != version or buffers["a"] is not seen_a \
-                    or buffers["b"] is not seen_b:
-                weight = buffers["qweight"]
-                packed[i], a[i], b[i] = layer.packed_filters(), buffers["a"].float().contiguous(), \
-                    buffers["b"].float().contiguous()
-                self._seen[i] = (weight, weight._version, buffers["a"], buffers["b"])
+            w, wa, wb = buffers["qweight"], buffers["a"], buffers["b"]
+            seen = (w, wa, wb, version(w), version(wa), version(wb))
+            if len(self._seen[i]) != 6 or any(x is not y for x, y in zip(seen[:3], self._seen[i][:3])) \
+                    or seen[3:] != self._seen[i][3:]:
+                packed[i], a[i], b[i] = layer.packed_filters(), wa.float().contiguous(), wb.float().contiguous()
+                self._seen[i] = seen
         return self._arguments
 
 
