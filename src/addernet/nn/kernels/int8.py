@@ -105,11 +105,10 @@ def version(t: torch.Tensor) -> int | None:
 
 class BodyPlan:
     """Int8 adder layers in the order :func:`sad_body` runs them, each reading maps written before it. Their
-    geometry, scale and zero point are taken once, when added; their tensors (``qweight``, ``a``, ``b``) are
-    checked at every call, by identity and version: filters loaded or changed in place, or tensors replaced,
-    are used (the filters packed again, by the layer: ``packed_filters()``). The check reads the layers'
-    buffer dictionaries directly: a module's attribute lookup costs about a microsecond, 60 of them a tenth
-    of a batch-1 forward."""
+    geometry, scale and zero point are taken once, when added; their tensors (``qweight``, ``a``, ``b``) at
+    every call, so filters loaded, changed in place or replaced are used (packed again by the layer,
+    ``packed_filters()``). The tensors are read from the layers' buffer dictionaries: a module's attribute
+    lookup costs about a microsecond, 60 of them a tenth of a batch-1 forward."""
 
     SPEC = 9  # integers per layer (csrc/adder_sad.cpp's kSpec)
 
@@ -117,8 +116,6 @@ class BodyPlan:
         self.layers: list = []
         self.spec: list[int] = []
         self.inv_scale: list[float] = []
-        self._seen: list[tuple] = []  # per layer: (qweight, a, b) and their versions when last taken
-        self._arguments: tuple[list, list, list] = ([], [], [])  # packed filters, a, b
 
     def add(self, layer, input_map: int, residual_map: int | None, relu: bool) -> int:
         """Append an :class:`~addernet.deploy.quantized.Int8Adder2d` reading map ``input_map`` (0: the body's input),
@@ -127,24 +124,13 @@ class BodyPlan:
         self.spec += [layer.kernel_size, layer.kernel_size, layer.stride, layer.padding, layer.zero_point,
                       layer.in_channels, input_map, -1 if residual_map is None else residual_map, int(relu)]
         self.inv_scale.append(1.0 / layer.scale)
-        self._seen.append(())
-        for kept in self._arguments:
-            kept.append(None)
         return len(self.layers)
 
     def arguments(self) -> tuple[list, list, list]:
-        """The layers' packed filters, ``a`` and ``b``, as :func:`sad_body` passes them (lists this plan keeps and
-        updates: valid until its next call)."""
-        packed, a, b = self._arguments
-        for i, layer in enumerate(self.layers):
-            buffers = layer._buffers
-            w, wa, wb = buffers["qweight"], buffers["a"], buffers["b"]
-            seen = (w, wa, wb, version(w), version(wa), version(wb))
-            if len(self._seen[i]) != 6 or any(x is not y for x, y in zip(seen[:3], self._seen[i][:3])) \
-                    or seen[3:] != self._seen[i][3:]:
-                packed[i], a[i], b[i] = layer.packed_filters(), wa.float().contiguous(), wb.float().contiguous()
-                self._seen[i] = seen
-        return self._arguments
+        """The layers' packed filters, ``a`` and ``b`` (float32, as the layers keep them), as :func:`sad_body`
+        passes them."""
+        return ([layer.packed_filters() for layer in self.layers], [layer._buffers["a"] for layer in self.layers],
+                [layer._buffers["b"] for layer in self.layers])
 
 
 def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:
