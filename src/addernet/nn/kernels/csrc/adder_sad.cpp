@@ -354,10 +354,11 @@ constexpr int64_t kMinTermsPerThread = int64_t{1} << 22;
 constexpr int64_t kMinBytesPerThread = 64 << 10;
 
 // Quantise and pad N float maps (N, H, W, C) into uint8 (N, H + 2 padding, W + 2 padding, C), the padding the
-// zero point's byte.
+// zero point's byte, and zero the kSlack bytes after them (q holds N * Hp * Wp * C + kSlack).
 void quantize_pad(const float* xs, uint8_t* q, int64_t N, int64_t H, int64_t W, int64_t C, int64_t padding,
                   float inv, int64_t zero_point) {
   const int64_t Hp = H + 2 * padding, Wp = W + 2 * padding;
+  std::memset(q + N * Hp * Wp * C, 0, kSlack);
   const float zp = static_cast<float>(zero_point);
   const char* isa = chosen_isa();
   at::parallel_for(0, N * Hp, std::max<int64_t>(1, kMinBytesPerThread / (Wp * C)), [&](int64_t begin, int64_t end) {
@@ -435,9 +436,8 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
 
   // quantise and pad, channels last, with slack for the last vector loads
   at::Tensor xq = at::empty({N * Hp * Wp * C + kSlack}, x.options().dtype(at::kByte));
-  uint8_t* q = xq.data_ptr<uint8_t>();
-  std::memset(q + N * Hp * Wp * C, 0, kSlack);
-  quantize_pad(x.data_ptr<float>(), q, N, H, W, C, padding, static_cast<float>(inv_scale), zero_point);
+  quantize_pad(x.data_ptr<float>(), xq.data_ptr<uint8_t>(), N, H, W, C, padding, static_cast<float>(inv_scale),
+               zero_point);
 
   at::Tensor y = at::empty({N, O, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor res;
@@ -445,9 +445,9 @@ at::Tensor sad_forward(const at::Tensor& input, double inv_scale, int64_t zero_p
     TORCH_CHECK(residual->sizes() == y.sizes(), "residual must have the output's shape (N, O, Ho, Wo)");
     res = residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   }
-  const Problem p{q, w.data_ptr<uint8_t>(), af.data_ptr<float>(), bf.data_ptr<float>(), y.data_ptr<float>(),
-                  res.defined() ? res.data_ptr<float>() : nullptr, relu, Hp, Wp, C, O, kh, kw, Ho, Wo, stride,
-                  kw * C, w.size(2)};
+  const Problem p{xq.data_ptr<uint8_t>(), w.data_ptr<uint8_t>(), af.data_ptr<float>(), bf.data_ptr<float>(),
+                  y.data_ptr<float>(), res.defined() ? res.data_ptr<float>() : nullptr, relu, Hp, Wp, C, O, kh, kw,
+                  Ho, Wo, stride, kw * C, w.size(2)};
   sums_and_outputs(p, N);
   return y;
 }
@@ -471,7 +471,8 @@ at::Tensor sad_sums(const at::Tensor& xq, const at::Tensor& w, int64_t O, int64_
     padded = at::zeros({N * Hp * Wp * C + kSlack}, x.options().memory_format(at::MemoryFormat::Contiguous));
     std::memcpy(padded.data_ptr<uint8_t>(), x.data_ptr<uint8_t>(), N * Hp * Wp * C);
   }
-  at::Tensor sums = at::empty({N, O, Ho, Wo}, x.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor sums =
+      at::empty({N, O, Ho, Wo}, x.options().dtype(at::kInt).memory_format(at::MemoryFormat::ChannelsLast));
   Problem p{padded.data_ptr<uint8_t>(), w.data_ptr<uint8_t>(), a.data_ptr<float>(), b.data_ptr<float>(), nullptr,
             nullptr, false, Hp, Wp, C, O, kh, kw, Ho, Wo, stride, kw * C, w.size(2)};
   p.sums = sums.data_ptr<int32_t>();
@@ -543,7 +544,6 @@ struct Body {
       const MapShape& out = maps[l + 1];
       const int64_t Hp = in.H + 2 * L.padding, Wp = in.W + 2 * L.padding;
       uint8_t* q = buf.quantized.data();
-      std::memset(q + count * Hp * Wp * in.C, 0, kSlack);
       quantize_pad(map_at(L.input), q, count, in.H, in.W, in.C, L.padding, L.inv, L.zero_point);
       const Problem p{q, L.w, L.a, L.b, map_at(l + 1), L.residual >= 0 ? map_at(L.residual) : nullptr, L.relu,
                       Hp, Wp, in.C, out.C, L.kh, L.kw, out.H, out.W, L.stride, L.kw * in.C, L.groups};
@@ -557,9 +557,8 @@ struct Body {
 // The int8 adder layers of a network's body in one call (see above). x: float (N, C, H, W), best channels last;
 // per layer l: w[l] (sad_pack), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale) and
 // spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input channels, input map, residual map (-1:
-// none), relu. Layer l
-// writes map l + 1; map 0 is x; a layer reads maps written before it. Returns the last map (N, O, Ho, Wo),
-// channels last.
+// none), relu. Layer l writes map l + 1; map 0 is x; a layer reads maps written before it. Returns the last
+// map (N, O, Ho, Wo), channels last.
 at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a, at::TensorList b,
                     at::IntArrayRef spec, at::ArrayRef<double> inv_scale) {
   TORCH_CHECK(input.dim() == 4 && input.size(0) > 0, "x must be (N, C, H, W) with at least one image");
@@ -593,7 +592,8 @@ at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a,
     layer.a = a[l].data_ptr<float>();
     layer.b = b[l].data_ptr<float>();
     layer.groups = w[l].size(2);
-    body.quantized_bytes = std::max(body.quantized_bytes, (in.H + 2 * layer.padding) * (in.W + 2 * layer.padding) * in.C);
+    body.quantized_bytes =
+        std::max(body.quantized_bytes, (in.H + 2 * layer.padding) * (in.W + 2 * layer.padding) * in.C);
     body.layers.push_back(layer);
     body.maps.push_back(out);
   }
