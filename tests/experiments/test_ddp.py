@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -81,7 +82,9 @@ def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weig
     One run straight through; one stopped by a signal to rank 0 during step 2 (batch 2 of 3) and resumed with
     ckpt_path=last.
     Each process takes its shard of the epoch's order and skips what it had trained, and the epoch's metric
-    sums of both processes survive the resume: the same weights, bit for bit, and the same metrics."""
+    sums of both processes survive the resume: the same weights and accuracy counts, bit for bit, and the same
+    loss sums up to float32 rounding (the checkpoint holds both processes' partial sums added together, so the
+    resumed run adds the rest of the epoch in another order: on some CPUs the last bit differs)."""
     import json
     import os
     import signal
@@ -106,7 +109,9 @@ def test_two_process_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weig
     moved = [k for k, v in final_whole.items() if k.endswith("weight") and not torch.equal(v, saved["state_dict"][k])]
     assert len(moved) > 20  # the resumed run trained on
     for key, value in final_whole.items():
-        torch.testing.assert_close(final_resumed[key], value, rtol=0, atol=0, msg=key)
+        rounding = 1e-6 if key.startswith("losses.") else 0  # float sums added in another order
+        torch.testing.assert_close(final_resumed[key], value, rtol=rounding, atol=0, msg=key)
     whole_metrics, resumed_metrics = (json.loads((d / "metrics.json").read_text()) for d in (whole, run))
-    for key in ("train/acc", "train/loss_epoch", "val/acc", "test/acc"):
+    for key in ("train/acc", "val/acc", "test/acc"):
         assert resumed_metrics[key] == whole_metrics[key], key
+    assert resumed_metrics["train/loss_epoch"] == pytest.approx(whole_metrics["train/loss_epoch"], rel=1e-6, abs=0)
