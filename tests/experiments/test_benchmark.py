@@ -77,8 +77,9 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     for limit in report["sad_limits"]:  # x86 with AVX2 or AVX-512BW
         assert limit["threads"] == 1 and limit["pairs_per_instruction"] in (32, 64)
         assert limit["instructions_per_second"] > 1e8 and 0.2e9 < limit["clock_hz"] < 10e9
-        # SAD with its addition: an instruction more on the same units, never faster than SAD alone (5% for noise)
-        assert 1e8 < limit["with_add_per_second"] < 1.05 * limit["instructions_per_second"]
+        # SAD with its addition: an instruction more on the same units, never faster than SAD alone (15% for a
+        # busy machine: where SAD issues on one port the two rates are close)
+        assert 1e8 < limit["with_add_per_second"] < 1.15 * limit["instructions_per_second"]
         has_vnni = any(f in int8_benchmark.cpu_flags() for f in ("avx512_vnni", "avx_vnni"))
         assert (limit["vnni_per_second"] > 1e8) == has_vnni and limit["vnni_pairs"] in ((32, 64) if has_vnni else (0,))
 
@@ -155,22 +156,24 @@ def test_a_cpu_with_vnni_is_judged_at_avx2_when_pytorch_is_held_there():
         return int8_benchmark.goals(report_of(1_100.0, avx512=True, vnni=True, **kwargs))[-1]
 
     assert "on a CPU with VNNI" in last()  # PyTorch free to use VNNI: the moonshot line
-    assert "against vpdpbusd" not in last()  # no vpdpbusd rate measured: no bound stated
+    assert "against vpdpbusd" not in last()  # no vpdpbusd rate measured: no ratio stated
     held = last(cap="AVX2", onednn="oneDNN's int8 convolution: instruction set Intel AVX2")
     assert "both on AVX2" in held and held.endswith("; met")
     assert last(cap="AVX2", onednn="oneDNN's int8 convolution: instruction set Intel AVX2 with Intel DL Boost"
                 ).endswith("ONEDNN_MAX_CPU_ISA=AVX2)")
 
 
-def test_on_a_cpu_with_vnni_the_bound_comes_from_the_two_instructions_rates():
-    """SAD with its addition against vpdpbusd, one core: the adder's instruction bound against the int8 CNN's, and
-    how much of it the network reached."""
+def test_on_a_cpu_with_vnni_each_network_is_set_against_its_own_instructions_rate():
+    """Where the adder network is furthest behind the int8 CNN: the ratio of SAD with its addition to vpdpbusd, and
+    each network's share of its own instruction's rate, from the cell's img/s and the adder layers' terms."""
     report = report_of(1_100.0, avx512=True, vnni=True)
-    # 1.8 SAD+add against 2 vpdpbusd a cycle, 64 byte pairs each: 0.90x; the network's 1,100 / 900 img/s: 1.22x
+    # 1.8 SAD+add against 2 vpdpbusd a cycle, 64 byte pairs each: 0.90x; the lowest cell: 1 thread, batch 64,
+    # 1,100 against 900 img/s (1.22x); 40.37M terms an image: 4.44e13 of 3.46e11 terms/s, 3.63e13 of 3.84e11
     report.limits[1] = int8_benchmark.SadLimit(1, 6e9, 64, 3e9, 5.4e9, 6e9, 64)
     line = int8_benchmark.goals(report)[-1]
-    assert "lowest 1.22x" in line and "the instruction rates allow 0.90x" in line
-    assert "the lowest is 136% of what they allow" in line and line.endswith("; met for equal")
+    assert "lowest 1.22x" in line and "against vpdpbusd) are in the ratio 0.90x" in line
+    assert "there (1 thread, batch 64) the adder network runs at 13% of its instruction's rate, the int8 CNN at 9% " \
+           "of its (40.4M terms or products an image); met for equal" in line
     machine = int8_benchmark.machine_lines([report.limits[1]])[-1]
     assert "each SAD with the addition the kernel makes after it: 3.46e+11 terms/s (1.80 per cycle and core)" in machine
     assert "vpdpbusd (VNNI, the int8 CNN's instruction, its accumulation included): 6e+09 instructions/s x 64 byte " \

@@ -11,7 +11,7 @@
 // x86-64 CPU; threads come from ATen's pool (torch.set_num_threads).
 //
 // Entry points: sad_forward (one layer), sad_body (a chain of layers in one call, below), sad_sums (the sums
-// alone), sad_pack (the filters' layout), small_conv (a float stem), sad_limit (the instruction's own rate).
+// alone), sad_pack (the filters' layout), small_conv (a float stem), sad_limit (the instructions' own rates).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -813,9 +813,9 @@ at::Tensor small_conv(const at::Tensor& input, const at::Tensor& weight, const a
 // The limits the kernel is judged against, measured rather than taken from tables (a VM's clock is unknown):
 // the core's clock from a chain of dependent integer additions (one cycle each on every x86-64 core); the SAD
 // instruction's issue rate from 12 independent chains of it on registers (enough to cover its latency); SAD
-// with the addition the kernel makes after each one (12 sums of 4 input words x 3 filter vectors, as in a
-// block; the filter vectors made opaque every round, so that no SAD can be hoisted out of the loop); and, on
-// CPUs with VNNI, the int8 convolution's own instruction (vpdpbusd: 4 byte products added into each 32-bit
+// with the addition the kernel makes after each one, in 8 sums like a block's (4 input words x 2 filter
+// vectors; the filter vectors made opaque every round, so that no SAD can be hoisted out of the loop); and,
+// on CPUs with VNNI, the int8 convolution's own instruction (vpdpbusd: 4 byte products added into each 32-bit
 // lane, the accumulation included) in 12 chains.
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -830,52 +830,76 @@ double clock_hz() {
   return 4.0 * kIterations / seconds_since(start);
 }
 
-#define ADDERNET_CHAINS(step) step(0) step(1) step(2) step(3) step(4) step(5) step(6) step(7) step(8) step(9) \
-  step(10) step(11)
+// The VNNI intrinsics and CPU checks need GCC 11 or clang 12; older compilers build the kernel without the
+// VNNI rate (reported as 0).
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define ADDERNET_VNNI 1
+#endif
 
+#define ADDERNET_12(step) step(0) step(1) step(2) step(3) step(4) step(5) step(6) step(7) step(8) step(9) step(10) \
+  step(11)
+#define ADDERNET_8(step) step(0) step(1) step(2) step(3) step(4) step(5) step(6) step(7)
 #define ADDERNET_INIT(i) auto acc##i = ADDERNET_SET1(static_cast<char>(i));
-#define ADDERNET_SAD(i) acc##i = ADDERNET_SAD_OP(acc##i, w);
-#define ADDERNET_SAD_ADD(i) acc##i = ADDERNET_ADD_OP(acc##i, ADDERNET_SAD_OP(x[i % 4], v[i / 4]));
-#define ADDERNET_DOT(i) acc##i = ADDERNET_DOT_OP(acc##i, w, w);
 #define ADDERNET_KEEP(i) __asm__ volatile("" : : "x"(acc##i));
-#define ADDERNET_RATE(name, isa, step, prepare)                                     \
-  __attribute__((target(isa))) double name(int64_t iterations) {                    \
-    const auto w = ADDERNET_SET1(7);                                                \
-    const decltype(w) x[4] = {ADDERNET_SET1(1), ADDERNET_SET1(2), ADDERNET_SET1(3), ADDERNET_SET1(4)}; \
-    decltype(ADDERNET_SET1(0)) v[3] = {ADDERNET_SET1(5), ADDERNET_SET1(6), w};      \
-    ADDERNET_CHAINS(ADDERNET_INIT)                                                  \
-    const auto start = std::chrono::steady_clock::now();                            \
-    for (int64_t it = 0; it < iterations; ++it) {                                   \
-      prepare ADDERNET_CHAINS(step)                                                 \
-    }                                                                               \
-    const double seconds = seconds_since(start);                                    \
-    ADDERNET_CHAINS(ADDERNET_KEEP)                                                  \
-    (void)x;                                                                        \
-    return 12.0 * iterations / seconds;                                             \
+// one round of each probe: SAD alone, SAD with its addition (input word i % 4, filter vector i / 4), vpdpbusd
+#define ADDERNET_SAD(i) acc##i = ADDERNET_SAD_OP(acc##i, w[0]);
+#define ADDERNET_SAD_ADD(i) acc##i = ADDERNET_ADD_OP(acc##i, ADDERNET_SAD_OP(x[i % 4], w[i / 4]));
+#define ADDERNET_DOT(i) acc##i = ADDERNET_DOT_OP(acc##i, w[0], w[0]);
+#define ADDERNET_SAME
+#define ADDERNET_OPAQUE __asm__("" : "+x"(w[0]), "+x"(w[1]));
+// `chains` independent chains of `step`, `count` instructions a round; `prepare` starts each round
+#define ADDERNET_RATE(name, isa, chains, count, step, prepare)                                                \
+  __attribute__((target(isa))) double name(int64_t iterations) {                                              \
+    decltype(ADDERNET_SET1(0)) w[2] = {ADDERNET_SET1(5), ADDERNET_SET1(6)};                                    \
+    const decltype(ADDERNET_SET1(0)) x[4] = {ADDERNET_SET1(1), ADDERNET_SET1(2), ADDERNET_SET1(3),             \
+                                             ADDERNET_SET1(4)};                                                 \
+    (void)x;                                                                                                  \
+    chains(ADDERNET_INIT)                                                                                     \
+    const auto start = std::chrono::steady_clock::now();                                                      \
+    for (int64_t it = 0; it < iterations; ++it) {                                                             \
+      prepare chains(step)                                                                                    \
+    }                                                                                                         \
+    const double seconds = seconds_since(start);                                                              \
+    chains(ADDERNET_KEEP)                                                                                     \
+    return double(count) * iterations / seconds;                                                              \
   }
-#define ADDERNET_OPAQUE __asm__("" : "+x"(v[0]), "+x"(v[1]), "+x"(v[2]));
 #define ADDERNET_SET1 _mm256_set1_epi8
 #define ADDERNET_SAD_OP _mm256_sad_epu8
 #define ADDERNET_ADD_OP _mm256_add_epi32
+ADDERNET_RATE(sad_rate_avx2, "avx2", ADDERNET_12, 12, ADDERNET_SAD, ADDERNET_SAME)
+ADDERNET_RATE(sad_add_rate_avx2, "avx2", ADDERNET_8, 8, ADDERNET_SAD_ADD, ADDERNET_OPAQUE)
+#ifdef ADDERNET_VNNI
 #define ADDERNET_DOT_OP _mm256_dpbusd_avx_epi32
-ADDERNET_RATE(sad_rate_avx2, "avx2", ADDERNET_SAD, )
-ADDERNET_RATE(sad_add_rate_avx2, "avx2", ADDERNET_SAD_ADD, ADDERNET_OPAQUE)
-ADDERNET_RATE(dot_rate_avx_vnni, "avx2,avxvnni", ADDERNET_DOT, )
+ADDERNET_RATE(dot_rate_avx_vnni, "avx2,avxvnni", ADDERNET_12, 12, ADDERNET_DOT, ADDERNET_SAME)
+#undef ADDERNET_DOT_OP
+#endif
 #undef ADDERNET_SET1
 #undef ADDERNET_SAD_OP
 #undef ADDERNET_ADD_OP
-#undef ADDERNET_DOT_OP
 #define ADDERNET_SET1 _mm512_set1_epi8
 #define ADDERNET_SAD_OP _mm512_sad_epu8
 #define ADDERNET_ADD_OP _mm512_add_epi64
+ADDERNET_RATE(sad_rate_avx512, "avx512f,avx512bw", ADDERNET_12, 12, ADDERNET_SAD, ADDERNET_SAME)
+ADDERNET_RATE(sad_add_rate_avx512, "avx512f,avx512bw", ADDERNET_8, 8, ADDERNET_SAD_ADD, ADDERNET_OPAQUE)
+#ifdef ADDERNET_VNNI
 #define ADDERNET_DOT_OP _mm512_dpbusd_epi32
-ADDERNET_RATE(sad_rate_avx512, "avx512f,avx512bw", ADDERNET_SAD, )
-ADDERNET_RATE(sad_add_rate_avx512, "avx512f,avx512bw", ADDERNET_SAD_ADD, ADDERNET_OPAQUE)
-ADDERNET_RATE(dot_rate_avx512_vnni, "avx512f,avx512bw,avx512vnni", ADDERNET_DOT, )
+ADDERNET_RATE(dot_rate_avx512_vnni, "avx512f,avx512bw,avx512vnni", ADDERNET_12, 12, ADDERNET_DOT, ADDERNET_SAME)
+#undef ADDERNET_DOT_OP
+#endif
 #undef ADDERNET_SET1
 #undef ADDERNET_SAD_OP
 #undef ADDERNET_ADD_OP
-#undef ADDERNET_DOT_OP
+
+// vpdpbusd's rate at the width PyTorch's int8 libraries take on this CPU, and its byte products per
+// instruction; {0, 0} without VNNI
+std::pair<double, double> dot_rate(int64_t iterations) {
+#ifdef ADDERNET_VNNI
+  if (__builtin_cpu_supports("avx512vnni")) return {dot_rate_avx512_vnni(iterations), 64.0};
+  if (__builtin_cpu_supports("avxvnni")) return {dot_rate_avx_vnni(iterations), 32.0};
+#endif
+  (void)iterations;
+  return {0.0, 0.0};
+}
 #endif
 
 // Instructions per second on `threads` cores at once, summed, for the kernel's instruction set: [SAD, byte
@@ -888,10 +912,8 @@ std::vector<double> sad_limit(int64_t threads) {
   const bool avx512 = std::strcmp(chosen_isa(), "avx512bw") == 0;
   TORCH_CHECK(threads >= 1, "sad_limit: threads must be >= 1");
   if (avx512 || std::strcmp(chosen_isa(), "avx2") == 0) {
-    // the int8 convolution's VNNI at the width PyTorch's int8 libraries take on this CPU
-    const bool vnni512 = __builtin_cpu_supports("avx512vnni"), vnni256 = __builtin_cpu_supports("avxvnni");
     std::vector<double> sad(threads, 0.0), sad_add(threads, 0.0), dot(threads, 0.0);
-    double clock = 0.0;
+    double clock = 0.0, dot_pairs = 0.0;
     int team = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -902,8 +924,10 @@ std::vector<double> sad_limit(int64_t threads) {
 #pragma omp barrier
       sad_add[t] = avx512 ? sad_add_rate_avx512(kIterations) : sad_add_rate_avx2(kIterations);
 #pragma omp barrier
-      dot[t] = vnni512 ? dot_rate_avx512_vnni(kIterations) : vnni256 ? dot_rate_avx_vnni(kIterations) : 0.0;
-      if (t == 0) clock = clock_hz();
+      const auto [rate, pairs] = dot_rate(kIterations);
+      dot[t] = rate;
+#pragma omp barrier
+      if (t == 0) clock = clock_hz(), dot_pairs = pairs;
     }
     TORCH_CHECK(team == threads, "sad_limit: OpenMP gave ", team, " threads, not ", threads);
     auto sum = [](const std::vector<double>& rates) {
@@ -911,7 +935,7 @@ std::vector<double> sad_limit(int64_t threads) {
       for (double r : rates) total += r;
       return total;
     };
-    return {sum(sad), avx512 ? 64.0 : 32.0, clock, sum(sad_add), sum(dot), vnni512 ? 64.0 : vnni256 ? 32.0 : 0.0};
+    return {sum(sad), avx512 ? 64.0 : 32.0, clock, sum(sad_add), sum(dot), dot_pairs};
   }
 #endif
   (void)threads;
