@@ -77,8 +77,8 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     for limit in report["sad_limits"]:  # x86 with AVX2 or AVX-512BW
         assert limit["threads"] == 1 and limit["pairs_per_instruction"] in (32, 64)
         assert limit["instructions_per_second"] > 1e8 and 0.2e9 < limit["clock_hz"] < 10e9
-        # SAD with its addition: an instruction more on the same units, never faster than SAD alone (15% for a
-        # busy machine: where SAD issues on one port the two rates are close)
+        # SAD with its addition: an instruction more, never faster than SAD alone (15% for a busy machine: where
+        # SAD issues on one port the two rates are close)
         assert 1e8 < limit["with_add_per_second"] < 1.15 * limit["instructions_per_second"]
         has_vnni = any(f in int8_benchmark.cpu_flags() for f in ("avx512_vnni", "avx_vnni"))
         assert (limit["vnni_per_second"] > 1e8) == has_vnni and limit["vnni_pairs"] in ((32, 64) if has_vnni else (0,))

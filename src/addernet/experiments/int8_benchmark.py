@@ -1,13 +1,15 @@
 """int8 adder inference on the CPU against the CNN twin, side by side, and where the adder network's time goes.
 
 The methods of one table take turns in one loop (one timed call each, round after round, then the median of
-each): a slow stretch of a shared or virtual machine falls on all of them alike, so the ratios hold even
-when absolute speeds drift. ``python src/bench.py --int8`` prints:
+each): a slow stretch of a shared or virtual machine falls on all of them alike, so the ratios hold better
+than the absolute speeds when those drift (not always: a change of load within a table still moves them).
+``python src/bench.py --int8`` prints:
 
 - the machine: CPU model, the instruction sets the kernel and PyTorch use (oneDNN's in its own words), and the
   SAD instruction's limit measured on one core and on all the run's cores at once (its issue rate over
   independent register chains, and the clock), beside the rate of SAD with the addition the kernel needs after
-  each one and, on a CPU with VNNI, of vpdpbusd, the int8 CNN's instruction: what bounds each network;
+  each one and, on a CPU with VNNI, of vpdpbusd, the int8 CNN's instruction: the rates each network is set
+  against;
 - per thread count and batch size: images per second of the int8 adder ResNet-20, its CNN twin in float32
   (channels last) and in PyTorch's int8 (FX post-training quantisation, the fastest engine here);
 - where the int8 adder network's time goes: its adder layers as the network runs them (one call), the float
