@@ -7,36 +7,9 @@ import sys
 import pytest
 import torch
 
-from addernet.deploy.quantized import Int8Adder2d, Int8Body, calibrate, quantize_model
-from addernet.models import create_model
-from addernet.nn.kernels import get_backend, int8, set_backend
-
-needs_kernel = pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
-
-
-def quantized_resnet(name: str = "adder_resnet20", size: int = 12) -> torch.nn.Module:
-    """A quantised ResNet of random filters whose maps stay alive; its float passes on the plain-PyTorch adder
-    layers (compiling the fast float kernels would take longer than the test)."""
-    previous = get_backend()
-    set_backend("reference")
-    try:
-        return _quantized_resnet(name, size)
-    finally:
-        set_backend(previous)
-
-
-def _quantized_resnet(name: str, size: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = create_model(name, num_classes=10).eval()
-    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.reset_running_stats()
-        bn.momentum = None  # the statistics of the one batch below exactly: maps alive through every layer
-    with torch.no_grad():
-        net.train()
-        net(torch.randn(16, 3, size, size))
-        net.eval()
-    return quantize_model(net, calibrate(net, [torch.randn(16, 3, size, size)]))
-
+from addernet.deploy.quantized import Int8Adder2d, Int8Body
+from addernet.nn.kernels import int8
+from int8_networks import needs_kernel, quantized_resnet
 
 @needs_kernel
 @pytest.mark.parametrize("threads, batch, size", [(1, 1, 12), (1, 3, 12), (2, 1, 12), (2, 3, 12), (4, 3, 32)])
@@ -93,10 +66,60 @@ def test_a_map_read_several_layers_later_keeps_its_buffer():
     torch.testing.assert_close(int8.sad_body(x, plan), expected, rtol=0, atol=0)
 
 
+def chain_matches_its_layers() -> bool:
+    """A hand-made chain, each layer on its own grid (scale, zero point) and padding, with maps read by the next
+    layer only, as a residual too, and two layers later; filter counts of partial groups (12, 20), a 1x1
+    layer and a stride: its output against the same layers called one by one, bit for bit (values clamped at
+    both ends of the grids among them)."""
+    torch.manual_seed(3)
+    shapes = [(8, 12, 3, 1, 1), (12, 12, 1, 1, 0), (12, 20, 3, 2, 1), (20, 20, 3, 1, 1), (20, 20, 3, 1, 1),
+              (20, 20, 3, 1, 1)]
+    layers = []
+    for i, (c_in, c_out, k, stride, padding) in enumerate(shapes):
+        layer = Int8Adder2d(c_in, c_out, k, stride, padding, 0.04 + 0.01 * i, 3 + 29 * i)
+        layer.qweight.copy_(torch.randint(0, 256, layer.qweight.shape, dtype=torch.uint8))
+        terms = c_in * k * k
+        layer.a.copy_(-(1 + torch.rand(c_out)) / (8 * terms))  # sums of about 85 a term: y in about [-1, 15]
+        layer.b.copy_(20 + 5 * torch.rand(c_out))
+        layers.append(layer)
+    plan = int8.BodyPlan()
+    plan.add(layers[0], 0, None, relu=True)   # map 1: read by the next layer only
+    plan.add(layers[1], 1, None, relu=False)  # map 2: the same, negative values among them
+    plan.add(layers[2], 2, None, relu=True)   # map 3: read by the next layer and as a residual
+    plan.add(layers[3], 3, None, relu=True)   # map 4: read by the next layer and the one after it
+    plan.add(layers[4], 4, 3, relu=True)      # map 5: a residual only
+    plan.add(layers[5], 4, 5, relu=False)     # map 6, the output
+    x = (torch.rand(2, 8, 9, 9) * 12).contiguous(memory_format=torch.channels_last)
+    m3 = layers[2](layers[1](layers[0](x, None, True), None, False), None, True)
+    m4 = layers[3](m3, None, True)
+    expected = layers[5](m4, layers[4](m4, m3, True), False)
+    return bool(torch.equal(int8.sad_body(x, plan), expected))
+
+
+@needs_kernel
+def test_a_chain_of_grids_paddings_and_readers():
+    assert chain_matches_its_layers()
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_a_chain_of_grids_paddings_and_readers_on_every_path(isa):
+    """The same chain on the slower paths, each in a process of its own (the path is chosen once)."""
+    code = ("import sys; sys.path[:0] = ['tests', 'tests/deploy']; from test_int8_body import "
+            "chain_matches_its_layers; from addernet.nn.kernels import int8; "
+            "print(int8.instruction_set(), chain_matches_its_layers())")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ADDERNET_SAD_ISA": isa},
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    chosen, equal = out.stdout.split()
+    assert equal == "True" and chosen in (isa, "portable")  # portable where the CPU lacks AVX2
+
+
 @needs_kernel
 def test_the_body_plans_bottlenecks_and_the_portable_path():
     """A bottleneck ResNet (three layers a block), on the portable C++ path in a process of its own."""
-    code = ("import torch, sys; sys.path.insert(0, 'tests/deploy'); from test_int8_body import quantized_resnet; "
+    code = ("import torch, sys; sys.path.insert(0, 'tests'); from int8_networks import quantized_resnet; "
             "from addernet.nn.kernels import int8; net = quantized_resnet('adder_resnet50', 8); "
             "x = torch.randn(2, 3, 8, 8); f = net.stem(x.contiguous(memory_format=torch.channels_last)); "
             "print(int8.instruction_set(), len(net.stages.plan().layers), "

@@ -251,6 +251,51 @@ class PointwiseLinear(nn.Conv2d):
         return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
 
 
+class Int8Network(nn.Module):
+    """A ResNet whose float stem (a :class:`SmallConv2d`), int8 stages (an :class:`Int8Body`) and head (a
+    :class:`GlobalMean`, then a :class:`PointwiseLinear` classifier with its BatchNorm folded) run as one kernel
+    call (:func:`addernet.nn.kernels.int8.sad_network`): at batch 1 the stem's, the pooling's and the
+    classifier's own calls and the Python between them took a fifth of the network's time. The model's parts
+    stay its children under their own names (the same state dict); the model itself answers for what this
+    module does not define (``forward_features``, ``forward_head``, ``num_classes``, ...)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.__dict__["model"] = model  # not registered as a child: its children are this module's already
+
+    @staticmethod
+    def fits(model: nn.Module) -> bool:
+        stem = getattr(model, "stem", None)
+        convs = [m for m in stem.children() if not isinstance(m, nn.Identity)] \
+            if isinstance(stem, nn.Sequential) else []
+        fc = getattr(model, "fc", None)
+        return (len(convs) == 1 and isinstance(convs[0], SmallConv2d) and convs[0].bias is not None
+                and isinstance(getattr(model, "stages", None), Int8Body) and int8.extension_available()
+                and isinstance(getattr(model, "pool", None), GlobalMean)
+                and isinstance(fc, PointwiseLinear) and fc.bias is not None
+                and isinstance(getattr(model, "bn_logits", None), nn.Identity))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            model = self.__dict__.get("model")
+            if model is None:
+                raise
+            return getattr(model, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = next(m for m in self.stem.children() if not isinstance(m, nn.Identity))
+        return int8.sad_network(x, stem, self.stages.plan(), self.fc.weight.flatten(1), self.fc.bias)
+
+
+def fuse_network(model: nn.Module) -> nn.Module:
+    """The model as one :class:`Int8Network` call where its stem, stages and head fit one; else as it is."""
+    return Int8Network(model) if Int8Network.fits(model) else model
+
+
 def fold_float_batchnorms(model: nn.Module) -> nn.Module:
     """Fold each BatchNorm that follows a float convolution (a ResNet's stem, the classifier's 1x1 convolution
     and its ``bn_logits``) into that convolution, in place, with PyTorch's own ``fuse_conv_bn_eval``; the
@@ -369,7 +414,7 @@ def quantize_model(model: nn.Module, params: dict[str, tuple[float, int]]) -> nn
         parent._modules[adder_name] = Int8Adder2d.from_float(adder, bn, scale, zero_point)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return prepare_float_layers(fuse_body(fuse_blocks(quantized)))
+    return fuse_network(prepare_float_layers(fuse_body(fuse_blocks(quantized))))
 
 
 def prepare_float_layers(model: nn.Module) -> nn.Module:
@@ -387,7 +432,7 @@ def _skeleton(model_name: str, num_classes: int, layers: dict[str, dict]) -> nn.
         parent._modules[adder_name] = Int8Adder2d(**meta)
         if bn_name:
             parent._modules[bn_name] = nn.Identity()
-    return prepare_float_layers(fuse_body(fuse_blocks(net)))
+    return fuse_network(prepare_float_layers(fuse_body(fuse_blocks(net))))
 
 
 def export(quantized: nn.Module, path: Path, *, model_name: str, num_classes: int, class_names: list[str] | None,

@@ -12,9 +12,11 @@ than the absolute speeds when those drift (not always: a change of load within a
   against;
 - per thread count and batch size: images per second of the int8 adder ResNet-20, its CNN twin in float32
   (channels last) and in PyTorch's int8 (FX post-training quantisation, the fastest engine here);
-- where the int8 adder network's time goes: its adder layers as the network runs them (one call), the float
-  stem, pooling and classifier, what remains (Python and dispatch), and beside them the kernel alone (each
-  adder layer's inner loop on its input in the network);
+- where the int8 adder network's time goes: the whole network (one kernel call for stem, adder layers, pooling
+  and classifier), then its parts each timed alone as their own calls: the adder layers (one call), the float
+  stem, pooling and classifier, and the rest (the whole minus the parts: below zero by what the parts' own
+  calls and Python between them cost, which the one call saves), and beside them the kernel alone (each adder
+  layer's inner loop on its input in the network);
 - the int8 adder layer alone on ResNet-20's shapes against fp32 convolution, and its inner loop as a share of
   the SAD limit;
 - one against two threads on the same network, taking turns;
@@ -269,7 +271,7 @@ class Cell:
 
 
 ADDER, CNN_FP32, CNN_INT8 = "int8 adder", "fp32 CNN (channels last, same stem and head)", "int8 CNN (PyTorch)"
-ADDERS, REST = "adder layers (int8 kernel, as run in the network)", "rest (Python, dispatch)"
+ADDERS, REST = "adder layers (int8 kernel, one call)", "rest (the whole minus the parts)"
 KERNEL_ALONE = "the kernel alone (inner loop), the adder layers summed"
 BEST_WHOLE = "whole network, best of its calls"
 
@@ -311,9 +313,10 @@ def thread_scaling(name: str, batch: int, threads: list[int], warmup: int, repea
 
 def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> tuple[dict[str, float], int]:
     """Seconds per batch of the whole network and of its parts, each part timed alone on the inputs it gets in
-    the network: the adder layers as the network runs them (one call for all of a ResNet's stages), the float
-    stem, pooling and classifier, and the rest, which the parts alone do not show (Python and dispatch between
-    them; medians, so the rest can come out below zero when parts alone ran slower than inside the network).
+    the network: the adder layers (one call for all of a ResNet's stages), the float stem, pooling and
+    classifier, and the rest, the whole minus the parts (medians): below zero where the whole network runs as
+    one call and so saves the parts' own calls (Python, dispatch, a pass through memory), above it where
+    Python runs between the parts.
     Also the kernel alone: each adder layer's inner loop (:func:`inner_loop_seconds`, one thread) on its first
     image's input in the network, summed over the layers, times the images the busiest thread takes: the
     adder layers at the kernel's rate if every thread ran at one thread's rate on whole images (with fewer

@@ -17,10 +17,11 @@ from addernet.nn.kernels import int8
 # (batch, in, out, size, kernel, stride, padding): stride, padding, 1x1 and 3x3, odd channel counts, batch 1,
 # rows longer than one vector (64 * 3 = 192 bytes) and shorter, filter counts that leave remainders; window rows
 # of 1 and 3 whole 8-byte groups with no partial one (8 and 24 bytes) and of 3 whole groups and a partial one
-# (27 bytes): the loops that take two groups a round, with one left over
+# (27 bytes): the loops that take two groups a round, with one left over; 3x3 windows over 16 and 32
+# channels with positions and filters past the last whole block (filter counts of 2.5 and 3 groups)
 CASES = [(2, 16, 16, 8, 3, 1, 1), (1, 3, 5, 7, 3, 2, 1), (2, 33, 7, 6, 1, 1, 0), (1, 64, 64, 5, 3, 1, 1),
          (3, 5, 9, 9, 3, 2, 0), (1, 70, 6, 4, 3, 1, 1), (2, 32, 64, 8, 1, 2, 0), (1, 8, 8, 6, 3, 1, 1),
-         (1, 9, 8, 6, 3, 1, 1), (2, 8, 16, 5, 1, 1, 0)]
+         (1, 9, 8, 6, 3, 1, 1), (2, 8, 16, 5, 1, 1, 0), (1, 32, 24, 7, 3, 2, 1), (3, 16, 20, 5, 3, 1, 1)]
 
 
 def brute_force(qx: np.ndarray, qw: np.ndarray, stride: int, padding: int, zero_point: int) -> np.ndarray:
@@ -118,16 +119,19 @@ def test_threads_split_large_layers_and_give_the_same_sums():
 # (batch, in, out, height, width, kernel, stride, padding)
 SMALL_CONV_CASES = [(2, 3, 16, 9, 9, 3, 1, 1), (1, 3, 16, 32, 20, 3, 2, 1), (2, 3, 64, 40, 33, 7, 2, 3),
                     (1, 1, 32, 6, 6, 3, 1, 0), (1, 3, 8, 2, 5, 3, 1, 1), (3, 4, 24, 5, 5, 5, 2, 2),
-                    (4, 3, 16, 64, 64, 3, 1, 1)]
+                    (4, 3, 16, 64, 64, 3, 1, 1), (1, 3, 32, 12, 21, 3, 1, 1), (2, 3, 64, 5, 11, 3, 1, 1),
+                    (1, 3, 64, 4, 10, 3, 1, 0)]
 
 
 @pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
 @pytest.mark.parametrize("case", SMALL_CONV_CASES, ids=str)
 @pytest.mark.parametrize("relu", [False, True])
 def test_small_convolution_matches_pytorchs(case, relu):
-    """The stem's direct loop: vector paths (8, 16, 32, 64 filters: 4 pixels at a time inside, 1 at the sides,
-    stride 2, a 7x7 ImageNet stem, maps not square and smaller than the kernel, one large enough for two
-    threads) and the plain one (24 filters); channels-last output."""
+    """The stem's direct loop: vector paths (8, 16, 32, 64 filters: on AVX2 4 pixels at a time inside, on
+    AVX-512 for 3x3 windows at stride 1 blocks of 16, 8 or 4 pixels, the last one moved back where the row
+    leaves a part of one, fewer pixels inside than a block, 1 at a time at the sides; stride 2, a 7x7 ImageNet
+    stem, maps not square and smaller than the kernel, one large enough for two threads) and the plain one (24
+    filters); channels-last output."""
     n, c, o, h, w, k, s, p = case
     torch.manual_seed(sum(case))
     x, weight, b = torch.randn(n, c, h, w), torch.randn(o, c, k, k), torch.randn(o)

@@ -143,6 +143,20 @@ def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:
     return torch.ops.addernet_int8.sad_body(x, *plan.arguments(), plan.spec, plan.inv_scale)
 
 
+def sad_network(x: torch.Tensor, stem, plan: BodyPlan, head_weight: torch.Tensor, head_bias: torch.Tensor
+                ) -> torch.Tensor:
+    """A whole network in one call (needs the extension): ``stem`` (a convolution with ``relu``, as
+    :func:`small_conv` runs it) on the images ``x``, the layers of ``plan`` on its map (as :func:`sad_body`),
+    then the global mean of the last map and ``logits = mean @ head_weight.T + head_bias``. Returns the logits
+    (N, classes): the stem and the body as their own calls compute them, bit for bit; the mean and the
+    classifier in float with another order of additions than PyTorch's (the last bits differ)."""
+    if not extension_available():
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_network needs it")
+    return torch.ops.addernet_int8.sad_network(x, *plan.arguments(), plan.spec, plan.inv_scale, stem.weight,
+                                               stem.bias, stem.stride[0], stem.padding[0], stem.relu, head_weight,
+                                               head_bias)
+
+
 def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,
                relu: bool) -> torch.Tensor:
     """A float convolution with few input channels (a stem), + bias, optional ReLU, channels-last output: the

@@ -1,0 +1,89 @@
+"""A quantised ResNet as one kernel call (stem, int8 stages, pooling and classifier: sad_network) against its
+modules one by one."""
+
+import pytest
+import torch
+
+from addernet.deploy.quantized import Int8Network, calibrate, quantize_model
+from addernet.models import create_model
+from addernet.nn.kernels import get_backend, int8, set_backend
+
+from int8_networks import needs_kernel, quantized_resnet
+
+
+def head_as_the_kernel_computes_it(last_map: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The global mean and the classifier in float32 with the kernel's order of operations: the positions added
+    one after another, a division, then per class the bias plus each channel's product in turn."""
+    n, c, h, w = last_map.shape
+    positions = last_map.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    mean = torch.zeros(n, c)
+    for at in range(h * w):
+        mean = mean + positions[:, at]
+    mean = mean / torch.tensor(float(h * w))
+    logits = bias.expand(n, -1).clone()
+    for channel in range(c):
+        logits = logits + weight[:, channel] * mean[:, channel:channel + 1]
+    return logits
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads, batch, size", [(1, 1, 12), (1, 3, 12), (2, 1, 32), (2, 3, 12)])
+def test_the_network_in_one_call_gives_its_modules_results(threads, batch, size):
+    """Whole images per thread (batch >= threads) and images together (fewer than threads): the stem and the
+    int8 stages inside the call give their own calls' maps bit for bit (the head computed from those maps with
+    the kernel's order of float operations matches exactly), and the logits match the modules' (PyTorch's mean
+    and linear add in another order) to float rounding."""
+    net = quantized_resnet(size=size)
+    assert isinstance(net, Int8Network)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            logits = net(x)
+            modules = net.model(x)
+            last_map = net.stages(net.stem(x))
+    finally:
+        torch.set_num_threads(previous)
+    assert logits.shape == (batch, 10) and modules.abs().max() > 0.1  # live logits, not zeros
+    expected = head_as_the_kernel_computes_it(last_map, net.fc.weight.flatten(1), net.fc.bias)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits, modules, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_the_network_keeps_the_models_state_dict_and_interface():
+    net = quantized_resnet()
+    assert list(net.state_dict()) == list(net.model.state_dict())
+    assert "stem.0.weight" in net.state_dict() and "fc.weight" in net.state_dict()
+    assert net.num_classes == 10 and net.get_classifier() is net.fc
+    x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(net.forward_features(x), net.model.forward_features(x))
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        net.no_such_attribute
+
+
+@needs_kernel
+def test_networks_whose_parts_do_not_fit_stay_as_they_are():
+    """An ImageNet stem (a max-pool after the convolution) and a network without stages keep their modules."""
+    previous = get_backend()
+    set_backend("reference")
+    try:
+        for name, size in (("adder_resnet18", 32), ("adder_lenet5_bn", 28)):
+            torch.manual_seed(0)
+            channels = 1 if "lenet" in name else 3
+            net = create_model(name, num_classes=10, **({"in_channels": 1} if channels == 1 else {})).eval()
+            x = torch.randn(2, channels, size, size)
+            quantized = quantize_model(net, calibrate(net, [x]))
+            assert not isinstance(quantized, Int8Network), name
+    finally:
+        set_backend(previous)
+
+
+@needs_kernel
+def test_a_head_of_the_wrong_width_is_refused():
+    net = quantized_resnet()
+    stem = net.stem[0]
+    with pytest.raises(RuntimeError, match=r"the head's weight must be \(classes, 64\)"):
+        int8.sad_network(torch.randn(1, 3, 12, 12), stem, net.stages.plan(), torch.randn(10, 32), torch.randn(10))
