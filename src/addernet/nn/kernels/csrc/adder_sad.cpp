@@ -179,10 +179,20 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
     if (t < whole) sad_step_avx512<P, G>(acc, xw, wr, u * row_bytes + 8 * t, 64 * t, nullptr);
     if (masked) sad_step_avx512<P, G>(acc, xw, wr, u * row_bytes + 8 * whole, 64 * whole, &last);
   }
+  // the sums of two filter groups as one vector of 16 32-bit sums (each fits: at most 255 * K < 2^31, checked)
+  const __m512i low_words = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int q = 0; q < P; ++q)
     for (int g = 0; g < G; ++g) {
       const int64_t o = (g0 + g) * kLanes;
-      if (o + kLanes <= p.O && p.sums) {
+      if (g + 1 < G && o + 2 * kLanes <= p.O && !p.sums) {  // output() for 16 filters at once
+        const int64_t at = (m0 + q) * p.O + o;
+        const __m512 sums = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(acc[q][g], low_words, acc[q][g + 1]));
+        __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(p.a + o), sums), _mm512_loadu_ps(p.b + o));
+        if (p.residual) y = _mm512_add_ps(y, _mm512_loadu_ps(p.residual + at));
+        if (p.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+        _mm512_storeu_ps(p.y + at, y);
+        ++g;
+      } else if (o + kLanes <= p.O && p.sums) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + (m0 + q) * p.O + o), _mm512_cvtepi64_epi32(acc[q][g]));
       } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
         const int64_t at = (m0 + q) * p.O + o;
