@@ -1,10 +1,12 @@
 """A quantised ResNet as one kernel call (stem, int8 stages, pooling and classifier: sad_network) against its
 modules one by one."""
 
+import copy
+
 import pytest
 import torch
 
-from addernet.deploy.quantized import Int8Network, calibrate, quantize_model
+from addernet.deploy.quantized import Int8Network, PointwiseLinear, _skeleton, calibrate, quantize_model
 from addernet.models import create_model
 from addernet.nn.kernels import get_backend, int8, set_backend
 
@@ -27,9 +29,10 @@ def head_as_the_kernel_computes_it(last_map: torch.Tensor, weight: torch.Tensor,
 
 
 @needs_kernel
-@pytest.mark.parametrize("threads, batch, size", [(1, 1, 12), (1, 3, 12), (2, 1, 32), (2, 3, 12)])
+@pytest.mark.parametrize("threads, batch, size", [(1, 1, 12), (1, 3, 12), (2, 3, 12), (4, 3, 32)])
 def test_the_network_in_one_call_gives_its_modules_results(threads, batch, size):
-    """Whole images per thread (batch >= threads) and images together (fewer than threads): the stem and the
+    """Whole images per thread (batch >= threads) and images together (fewer than threads; at 32 x 32 the
+    first stage's layers are large enough for their positions to be split among the threads): the stem and the
     int8 stages inside the call give their own calls' maps bit for bit (the head computed from those maps with
     the kernel's order of float operations matches exactly), and the logits match the modules' (PyTorch's mean
     and linear add in another order) to float rounding."""
@@ -53,15 +56,44 @@ def test_the_network_in_one_call_gives_its_modules_results(threads, batch, size)
 
 @needs_kernel
 def test_the_network_keeps_the_models_state_dict_and_interface():
+    """The file format: a plain skeleton's state dict loads into the network and back; copies run alike; the
+    model's interface answers through it, a part assigned anew is the model's too, and nothing else is
+    delegated."""
     net = quantized_resnet()
-    assert list(net.state_dict()) == list(net.model.state_dict())
-    assert "stem.0.weight" in net.state_dict() and "fc.weight" in net.state_dict()
-    assert net.num_classes == 10 and net.get_classifier() is net.fc
+    assert not net.training and net.num_classes == 10 and net.get_classifier() is net.fc
+    skeleton = _skeleton("adder_resnet20", 10, {name: {"in_channels": m.in_channels, "out_channels": m.out_channels,
+                                                       "kernel_size": m.kernel_size, "stride": m.stride,
+                                                       "padding": m.padding, "scale": m.scale,
+                                                       "zero_point": m.zero_point}
+                                                for name, m in net.named_modules() if hasattr(m, "qweight")})
+    assert isinstance(skeleton, Int8Network)
+    skeleton.load_state_dict(net.state_dict())
     x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
+        expected = net(x)
+        assert torch.equal(skeleton(x), expected) and torch.equal(copy.deepcopy(net)(x), expected)
         assert torch.equal(net.forward_features(x), net.model.forward_features(x))
-    with pytest.raises(AttributeError, match="no_such_attribute"):
-        net.no_such_attribute
+        net.fc = PointwiseLinear.from_conv(torch.nn.Conv2d(64, 10, 1))
+        assert net.model.fc is net.fc and net.get_classifier() is net.fc
+        torch.testing.assert_close(net(x), net.model(x), rtol=1e-5, atol=1e-5)
+        assert not torch.equal(net(x), expected)
+    with pytest.raises(AttributeError, match="reset_classifier"):
+        net.reset_classifier(3)
+
+
+@needs_kernel
+def test_hooks_on_the_parts_run():
+    """A forward hook on a part (the feature plot's on the classifier) makes the network run part by part."""
+    net = quantized_resnet()
+    seen = []
+    handle = net.get_classifier().register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with_hook = net(x)
+        handle.remove()
+        without = net(x)
+    assert seen == [(2, 64, 1, 1)]
+    torch.testing.assert_close(with_hook, without, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel

@@ -13,7 +13,9 @@ inputs (their L1 distance is what is learned). The BatchNorm after each adder la
 kernel's output map (a, b); ReLUs and residual additions happen in the kernel's output pass. The
 multiplicative stem and classifier and the pooling stay in float32 (under 1% of an adder ResNet-20's
 operations), each with its BatchNorm folded into it (one operation less each: at batch 1 every operation
-costs microseconds); a stem of few input channels runs with its ReLU in the kernel's direct loop.
+costs microseconds); a stem of few input channels runs with its ReLU in the kernel's direct loop. A ResNet
+whose stages are all int8 runs them as one kernel call (:class:`Int8Body`), and with its stem and head as one
+call for the whole network where they fit (:class:`Int8Network`).
 
 ``python src/export.py ckpt_path=... quantize=int8`` writes :data:`FORMAT` files; :func:`load_exported` reads
 them back without the training code's config (the model is rebuilt from its registry name). ``format=c`` writes
@@ -125,6 +127,14 @@ class Int8ResidualBlock(nn.Module):
         return self._layers[-1](out, identity, True)
 
 
+def only_layer(sequence: nn.Module | None) -> nn.Module | None:
+    """The one layer of an nn.Sequential besides its nn.Identity placeholders (what folding and fusing leave);
+    None where there are none or several."""
+    layers = [m for m in sequence.children() if not isinstance(m, nn.Identity)] \
+        if isinstance(sequence, nn.Sequential) else []
+    return layers[0] if len(layers) == 1 else None
+
+
 class Int8Body(nn.Sequential):
     """A ResNet's stages whose blocks are all int8 (:class:`Int8ResidualBlock`), run as one kernel call
     (:func:`addernet.nn.kernels.int8.sad_body`: one image at a time through every layer, threads taking whole
@@ -146,11 +156,10 @@ class Int8Body(nn.Sequential):
     @staticmethod
     def _shortcut(block: Int8ResidualBlock) -> Int8Adder2d | None | bool:
         """The block's int8 shortcut layer, None for the identity, False for anything else."""
-        ds = block.downsample
-        if ds is None:
+        if block.downsample is None:
             return None
-        layers = [m for m in ds.children() if not isinstance(m, nn.Identity)] if isinstance(ds, nn.Sequential) else []
-        return layers[0] if len(layers) == 1 and isinstance(layers[0], Int8Adder2d) else False
+        layer = only_layer(block.downsample)
+        return layer if isinstance(layer, Int8Adder2d) else False
 
     def plan(self) -> int8.BodyPlan:
         """The blocks as :func:`addernet.nn.kernels.int8.sad_body`'s steps: map 0 the input, each layer's output the
@@ -254,41 +263,52 @@ class PointwiseLinear(nn.Conv2d):
 class Int8Network(nn.Module):
     """A ResNet whose float stem (a :class:`SmallConv2d`), int8 stages (an :class:`Int8Body`) and head (a
     :class:`GlobalMean`, then a :class:`PointwiseLinear` classifier with its BatchNorm folded) run as one kernel
-    call (:func:`addernet.nn.kernels.int8.sad_network`): at batch 1 the stem's, the pooling's and the
-    classifier's own calls and the Python between them took a fifth of the network's time. The model's parts
-    stay its children under their own names (the same state dict); the model itself answers for what this
-    module does not define (``forward_features``, ``forward_head``, ``num_classes``, ...)."""
+    call (:func:`addernet.nn.kernels.int8.sad_network`): at batch 1 the parts' own calls and the Python between
+    them cost about a tenth of the network's time. The model's parts stay its children under their own names
+    (the same state dict; a part assigned anew is the model's too), and the model answers for its interface
+    (``forward_features``, ``forward_head``, ``get_classifier``, ``num_classes``, ``num_features``). Where a
+    part has forward hooks (a feature plot's on the classifier), the network runs part by part, so they run."""
+
+    DELEGATED = ("forward_features", "forward_head", "get_classifier", "num_classes", "num_features")
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        self.__dict__["model"] = model  # not a child: its children are this module's already
         for name, child in model.named_children():
             self.add_module(name, child)
-        self.__dict__["model"] = model  # not registered as a child: its children are this module's already
+        self.train(model.training)
 
     @staticmethod
     def fits(model: nn.Module) -> bool:
-        stem = getattr(model, "stem", None)
-        convs = [m for m in stem.children() if not isinstance(m, nn.Identity)] \
-            if isinstance(stem, nn.Sequential) else []
-        fc = getattr(model, "fc", None)
-        return (len(convs) == 1 and isinstance(convs[0], SmallConv2d) and convs[0].bias is not None
-                and isinstance(getattr(model, "stages", None), Int8Body) and int8.extension_available()
-                and isinstance(getattr(model, "pool", None), GlobalMean)
-                and isinstance(fc, PointwiseLinear) and fc.bias is not None
-                and isinstance(getattr(model, "bn_logits", None), nn.Identity))
+        return int8.extension_available() and Int8Network._stem(model._modules) is not None
+
+    @staticmethod
+    def _stem(parts: dict) -> SmallConv2d | None:
+        """The stem's convolution where the parts (a module's children, read directly: attribute lookups on
+        modules cost microseconds at batch 1) fit the one call; else None."""
+        stem, fc = only_layer(parts.get("stem")), parts.get("fc")
+        fit = (isinstance(stem, SmallConv2d) and stem.bias is not None and isinstance(parts.get("stages"), Int8Body)
+               and isinstance(parts.get("pool"), GlobalMean) and isinstance(fc, PointwiseLinear)
+               and fc.bias is not None and isinstance(parts.get("bn_logits"), nn.Identity))
+        return stem if fit else None
 
     def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            model = self.__dict__.get("model")
-            if model is None:
-                raise
-            return getattr(model, name)
+        if name in Int8Network.DELEGATED:
+            return getattr(self.__dict__["model"], name)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, nn.Module) and "model" in self.__dict__:
+            setattr(self.model, name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stem = next(m for m in self.stem.children() if not isinstance(m, nn.Identity))
-        return int8.sad_network(x, stem, self.stages.plan(), self.fc.weight.flatten(1), self.fc.bias)
+        parts = self._modules
+        stem = Int8Network._stem(parts)
+        if stem is None or any(m._forward_hooks or m._forward_pre_hooks for m in parts.values()):
+            return self.model(x)
+        fc = parts["fc"]
+        return int8.sad_network(x, stem, parts["stages"].plan(), fc.weight, fc.bias)
 
 
 def fuse_network(model: nn.Module) -> nn.Module:

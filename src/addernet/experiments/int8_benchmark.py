@@ -281,7 +281,8 @@ def measure_cell(name: str, batch: int, warmup: int, repeats: int) -> Cell:
     cnn8, engine = int8_cnn(name, x)
     adder = int8_adder(name, x)
     # float layers prepared as the int8 adder network's are (BatchNorms folded, as PyTorch's int8 CNN fuses them;
-    # the same stem and head): the networks differ in their bodies only
+    # the same stem and head): the networks differ in their bodies, and in that the int8 adder network runs its
+    # stem and head inside its one kernel call (Int8Network) where the CNN twin calls them from Python
     cnn = prepare_float_layers(create_model(name, num_classes=10).eval())
     methods = {ADDER: lambda: adder(x), CNN_FP32: lambda: cnn(x), CNN_INT8: lambda: cnn8(x)}
     seconds = side_by_side(methods, warmup, repeats)

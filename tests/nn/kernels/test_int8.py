@@ -79,6 +79,23 @@ def test_quantization_rounds_and_clamps_as_the_kernel_does():
         assert y.item() == level
 
 
+def quantised_row_matches_quantize() -> bool:
+    """A row of 83 values (whole vectors of 16 and 32 and a rest) with exact halves, both infinities and
+    values past both ends, quantised by the kernel (read back through a 1x1 layer of one zero filter: each
+    output is its input's code) against quantize()."""
+    x = (torch.arange(83.0) - 10.5) * 0.25 * 16  # x / scale + zero point: halves, -165 up to 1163
+    x[5], x[17], x[40] = float("inf"), float("-inf"), 1e30
+    x = x.view(1, 1, 1, -1)
+    codes = int8.sad_forward(x, 0.25 * 16, 3, torch.zeros(1, 1, 1, 1, dtype=torch.uint8), 1, 0, torch.ones(1),
+                             torch.zeros(1))
+    expected = int8.quantize(x, 0.25 * 16, 3)
+    return bool(torch.equal(codes, expected.float())) and {0, 255} <= set(expected.flatten().tolist())
+
+
+def test_a_row_quantised_by_the_kernel_rounds_and_clamps_as_quantize():
+    assert quantised_row_matches_quantize()
+
+
 @pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
 @pytest.mark.parametrize("isa", ["avx2", "portable"])
 def test_slower_instruction_sets_give_the_same_sums(isa):
@@ -89,10 +106,12 @@ def test_slower_instruction_sets_give_the_same_sums(isa):
             "y = int8.sad_forward(x, 0.05, 128, w, 1, 1, a, b); "
             "r = int8.sad_forward_reference(x, 0.05, 128, w, 1, 1, a, b); "
             "s = int8.sad_sums(int8.quantize(x, 0.05, 128), w, 1); "
+            "import sys; sys.path.insert(0, 'tests/nn/kernels'); from test_int8 import quantised_row_matches_quantize; "
             "print(int8.instruction_set(), bool(torch.equal(y, r)) and bool(torch.equal(a.view(1, -1, 1, 1) * "
-            "s.float(), int8.sad_forward(x, 0.05, 128, w, 1, 0, a, b))))")
+            "s.float(), int8.sad_forward(x, 0.05, 128, w, 1, 0, a, b))) and quantised_row_matches_quantize())")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ADDERNET_SAD_ISA": isa},
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     chosen, equal = out.stdout.split()
     assert equal == "True" and chosen in (isa, "portable")  # portable where the CPU lacks AVX2
@@ -120,7 +139,7 @@ def test_threads_split_large_layers_and_give_the_same_sums():
 SMALL_CONV_CASES = [(2, 3, 16, 9, 9, 3, 1, 1), (1, 3, 16, 32, 20, 3, 2, 1), (2, 3, 64, 40, 33, 7, 2, 3),
                     (1, 1, 32, 6, 6, 3, 1, 0), (1, 3, 8, 2, 5, 3, 1, 1), (3, 4, 24, 5, 5, 5, 2, 2),
                     (4, 3, 16, 64, 64, 3, 1, 1), (1, 3, 32, 12, 21, 3, 1, 1), (2, 3, 64, 5, 11, 3, 1, 1),
-                    (1, 3, 64, 4, 10, 3, 1, 0)]
+                    (1, 3, 64, 4, 10, 3, 1, 0), (1, 3, 16, 6, 40, 3, 1, 2)]
 
 
 @pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
@@ -129,7 +148,8 @@ SMALL_CONV_CASES = [(2, 3, 16, 9, 9, 3, 1, 1), (1, 3, 16, 32, 20, 3, 2, 1), (2, 
 def test_small_convolution_matches_pytorchs(case, relu):
     """The stem's direct loop: vector paths (8, 16, 32, 64 filters: on AVX2 4 pixels at a time inside, on
     AVX-512 for 3x3 windows at stride 1 blocks of 16, 8 or 4 pixels, the last one moved back where the row
-    leaves a part of one, fewer pixels inside than a block, 1 at a time at the sides; stride 2, a 7x7 ImageNet
+    leaves a part of one, fewer pixels inside than a block, 1 at a time at the sides, 2 of them at padding 2;
+    stride 2, a 7x7 ImageNet
     stem, maps not square and smaller than the kernel, one large enough for two threads) and the plain one (24
     filters); channels-last output."""
     n, c, o, h, w, k, s, p = case

@@ -5,8 +5,9 @@
 ``y[n, o, i, j] = a[o] * sum_{c,u,v} |qx_pad[n, c, i*s+u, j*s+v] - qw[o, c, u, v]| + b[o]`` exactly in integers
 before the final affine map (which folds the adder's -scale and the BatchNorm after it). Input and output
 are channels-last in memory (NCHW shapes), so consecutive layers need no copies. :func:`sad_body` runs a chain
-of such layers (a ResNet's stages, :class:`BodyPlan`) in one call with the same arithmetic; :func:`sad_sums` is
-the sums alone (the benchmark's inner loop).
+of such layers (a ResNet's stages, :class:`BodyPlan`) in one call with the same arithmetic, :func:`sad_network`
+a whole ResNet (float stem, such a chain, pooling and classifier); :func:`sad_sums` is the sums alone (the
+benchmark's inner loop).
 
 The C++ extension is compiled once with the machine's compiler and cached (PyTorch's extension cache,
 ``TORCH_EXTENSIONS_DIR``); without a compiler a warning is given once and :func:`sad_forward_reference`, the
@@ -147,7 +148,8 @@ def sad_network(x: torch.Tensor, stem, plan: BodyPlan, head_weight: torch.Tensor
                 ) -> torch.Tensor:
     """A whole network in one call (needs the extension): ``stem`` (a convolution with ``relu``, as
     :func:`small_conv` runs it) on the images ``x``, the layers of ``plan`` on its map (as :func:`sad_body`),
-    then the global mean of the last map and ``logits = mean @ head_weight.T + head_bias``. Returns the logits
+    then the global mean of the last map and ``logits = mean @ head_weight.T + head_bias`` (``head_weight``
+    (classes, channels), or a 1x1 convolution's (classes, channels, 1, 1)). Returns the logits
     (N, classes): the stem and the body as their own calls compute them, bit for bit; the mean and the
     classifier in float with another order of additions than PyTorch's (the last bits differ)."""
     if not extension_available():

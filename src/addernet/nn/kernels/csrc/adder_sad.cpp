@@ -419,9 +419,10 @@ void quantize_pad(const float* xs, uint8_t* q, int64_t N, int64_t H, int64_t W, 
       quantize_row(xs + (n * H + h) * W * C, dst + side, W * C, inv, zp);
     }
   };
-  // one image's map on one thread without ATen's parallel loop (its setup cost a few percent of a small layer)
-  if (N * Hp * row < 2 * kMinBytesPerThread) return rows(0, N * Hp);
-  at::parallel_for(0, N * Hp, std::max<int64_t>(1, kMinBytesPerThread / row), rows);
+  // where ATen's loop would stay on one thread, without it (its setup cost a few percent of a small layer)
+  const int64_t grain = std::max<int64_t>(1, kMinBytesPerThread / row);
+  if (N * Hp <= grain) return rows(0, N * Hp);
+  at::parallel_for(0, N * Hp, grain, rows);
 }
 
 // The sums and the output map of every position of p (threads take whole blocks of positions).
@@ -555,10 +556,12 @@ struct MapShape {
   int64_t values() const { return C * H * W; }
 };
 
-// What one thread keeps between calls: the maps of the images it runs, the quantised input of one layer.
+// What one thread keeps between calls: the maps of the images it runs, the quantised input of one layer; for
+// sad_network, the stem's map and the body's last map too.
 struct BodyBuffers {
   std::vector<float> maps;
   std::vector<uint8_t> quantized;
+  std::vector<float> stem, last;
 };
 
 BodyBuffers& thread_buffers() {
@@ -600,13 +603,23 @@ struct Body {
   }
 };
 
+// fn(n0, count) for images [n0, n0 + count) of N: whole images for each thread where there are at least as many
+// as threads, else all of them together (fn then shares each layer's work among the threads)
+template <typename Images>
+void for_images(int64_t N, const Images& fn) {
+  if (N < at::get_num_threads()) return fn(0, N);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) fn(n, 1);
+  });
+}
+
 // The body of sad_body's arguments (see there) for an input map of input_map's shape, checked.
-Body make_body(const MapShape& input_map, at::TensorList w, at::TensorList a, at::TensorList b, at::IntArrayRef spec,
-               at::ArrayRef<double> inv_scale) {
+Body make_body(const char* op, const MapShape& input_map, at::TensorList w, at::TensorList a, at::TensorList b,
+               at::IntArrayRef spec, at::ArrayRef<double> inv_scale) {
   const int64_t L = static_cast<int64_t>(w.size());
   TORCH_CHECK(L > 0 && static_cast<int64_t>(a.size()) == L && static_cast<int64_t>(b.size()) == L &&
               static_cast<int64_t>(inv_scale.size()) == L && static_cast<int64_t>(spec.size()) == kSpec * L,
-              "sad_body: w, a, b, inv_scale and spec must describe the same layers (kSpec integers each)");
+              op, ": w, a, b, inv_scale and spec must describe the same layers (kSpec integers each)");
   Body body;
   body.maps.push_back(input_map);
   std::vector<int64_t> last_use(L + 1, -1);
@@ -615,15 +628,15 @@ Body make_body(const MapShape& input_map, at::TensorList w, at::TensorList a, at
     BodyLayer layer{nullptr, nullptr, nullptr, static_cast<float>(inv_scale[l]),
                     s[0], s[1], s[2], s[3], s[4], s[6], s[7], s[8] != 0, 0};
     TORCH_CHECK(layer.input >= 0 && layer.input <= l && layer.residual >= -1 && layer.residual <= l,
-                "sad_body: layer ", l, " reads a map not yet written");
+                op, ": layer ", l, " reads a map not yet written");
     const MapShape in = body.maps[layer.input];
-    TORCH_CHECK(s[5] == in.C, "sad_body: layer ", l, " takes ", s[5], " channels, its input map has ", in.C);
+    TORCH_CHECK(s[5] == in.C, op, ": layer ", l, " takes ", s[5], " channels, its input map has ", in.C);
     const auto [Ho, Wo] = check_layer(w[l], a[l], b[l], in.C, in.H, in.W, layer.kh, layer.kw, layer.stride,
                                       layer.padding, layer.zero_point);
     const MapShape out{a[l].numel(), Ho, Wo};
     if (layer.residual >= 0) {
       const MapShape r = body.maps[layer.residual];
-      TORCH_CHECK(r.C == out.C && r.H == out.H && r.W == out.W, "sad_body: layer ", l,
+      TORCH_CHECK(r.C == out.C && r.H == out.H && r.W == out.W, op, ": layer ", l,
                   "'s residual must have its output's shape");
       last_use[layer.residual] = l;
     }
@@ -670,19 +683,12 @@ at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a,
                     at::IntArrayRef spec, at::ArrayRef<double> inv_scale) {
   TORCH_CHECK(input.dim() == 4 && input.size(0) > 0, "x must be (N, C, H, W) with at least one image");
   const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  const Body body = make_body({x.size(1), x.size(2), x.size(3)}, w, a, b, spec, inv_scale);
+  const Body body = make_body("sad_body", {x.size(1), x.size(2), x.size(3)}, w, a, b, spec, inv_scale);
   const MapShape out = body.maps.back();
   at::Tensor y = at::empty({x.size(0), out.C, out.H, out.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* xs = x.data_ptr<float>();
   float* ys = y.data_ptr<float>();
-  const int64_t N = x.size(0);
-  if (N >= at::get_num_threads()) {
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) body.run(xs, ys, n, 1);
-    });
-  } else {
-    body.run(xs, ys, 0, N);
-  }
+  for_images(x.size(0), [&](int64_t n0, int64_t count) { body.run(xs, ys, n0, count); });
   return y;
 }
 
@@ -708,8 +714,9 @@ namespace {
 
 // A float convolution with few input channels (a network's stem: 3 colour channels), + bias, optional ReLU,
 // channels last in and out. PyTorch runs such a convolution on a slow path at small batches (at batch 1 it
-// took a tenth of the int8 ResNet-20's time). Each output pixel's O values accumulate over the window: on
-// AVX2 in G vectors of 8 filters held in registers (O = 8G), else in a plain loop. w: (k, k, C, O).
+// took a tenth of the int8 ResNet-20's time). Each output pixel's O values accumulate over the window: with
+// AVX-512, 3x3 windows at stride 1, in vectors of 16 filters for blocks of pixels (below); otherwise on AVX2 in
+// G vectors of 8 filters held in registers (O = 8G); else in a plain loop. w: (k, k, C, O).
 struct SmallConv {
   const float *x, *w, *bias;
   float* y;
@@ -940,16 +947,6 @@ at::Tensor small_conv(const at::Tensor& input, const at::Tensor& weight, const a
 
 namespace {
 
-// What one thread keeps between sad_network's calls: the stem's map and the body's last map of its images.
-struct NetworkBuffers {
-  std::vector<float> stem, last;
-};
-
-NetworkBuffers& network_buffers() {
-  static thread_local NetworkBuffers buffers;
-  return buffers;
-}
-
 // The global mean of each image's map s (H, W, C), then logits = W mean + bias. In float, the positions added
 // in order: PyTorch's mean adds in another order, so the logits differ from its in the last bits.
 void global_mean_linear(const float* maps, int64_t count, const MapShape& s, const float* W, const float* bias,
@@ -975,8 +972,9 @@ void global_mean_linear(const float* maps, int64_t count, const MapShape& s, con
 // A ResNet in one call: the float stem (small_conv, stem_* its arguments), the int8 body (sad_body's
 // arguments, the stem's map its input), then the global mean of the last map and a linear classifier (head_weight
 // (classes, channels), head_bias (classes)). Threads take whole images through all of it, as in sad_body (fewer
-// images than threads: each part shares its rows or positions among them). At batch 1 the separate calls of the
-// stem, the pooling and the classifier, and Python between them, took a fifth of the network's time.
+// images than threads: the stem shares its rows and the body its positions among them; the head, a few
+// thousand operations an image, runs on one). At batch 1 on AMD Zen 5 the one call ran 1.11-1.15x as fast as
+// the stem, the body, the pooling and the classifier called one after another from Python.
 // x: float images (N, C, H, W); returns the logits (N, classes).
 at::Tensor sad_network(const at::Tensor& input, at::TensorList w, at::TensorList a, at::TensorList b,
                        at::IntArrayRef spec, at::ArrayRef<double> inv_scale, const at::Tensor& stem_weight,
@@ -985,15 +983,18 @@ at::Tensor sad_network(const at::Tensor& input, at::TensorList w, at::TensorList
   const SmallConvArgs stem = small_conv_args(input, stem_weight, stem_bias, stem_stride, stem_padding);
   const int64_t N = stem.x.size(0), C = stem.x.size(1), H = stem.x.size(2), W = stem.x.size(3);
   const MapShape stem_map{stem_weight.size(0), stem.Ho, stem.Wo};
-  const Body body = make_body(stem_map, w, a, b, spec, inv_scale);
+  const Body body = make_body("sad_network", stem_map, w, a, b, spec, inv_scale);
   const MapShape last = body.maps.back();
-  TORCH_CHECK(head_weight.dim() == 2 && head_weight.size(1) == last.C && head_bias.numel() == head_weight.size(0),
-              "sad_network: the head's weight must be (classes, ", last.C, ") and its bias (classes)");
-  const at::Tensor hw = head_weight.to(at::kFloat).contiguous(), hb = head_bias.to(at::kFloat).contiguous();
+  TORCH_CHECK(head_weight.dim() >= 2 && head_weight.numel() == head_weight.size(0) * last.C &&
+              head_bias.numel() == head_weight.size(0),
+              "sad_network: the head's weight must be (classes, ", last.C, ") (or a 1x1 convolution's, (classes, ",
+              last.C, ", 1, 1)) and its bias (classes)");
+  const at::Tensor hw = head_weight.to(at::kFloat).reshape({head_weight.size(0), last.C}).contiguous();
+  const at::Tensor hb = head_bias.to(at::kFloat).contiguous();
   const int64_t classes = hw.size(0);
   at::Tensor logits = at::empty({N, classes}, stem.x.options());
   auto images = [&](int64_t n0, int64_t count) {
-    NetworkBuffers& buf = network_buffers();
+    BodyBuffers& buf = thread_buffers();
     if (buf.stem.size() < static_cast<size_t>(count * stem_map.values())) buf.stem.resize(count * stem_map.values());
     if (buf.last.size() < static_cast<size_t>(count * last.values())) buf.last.resize(count * last.values());
     small_conv_images({stem.x.data_ptr<float>() + n0 * C * H * W, stem.w.data_ptr<float>(), stem.b.data_ptr<float>(),
@@ -1003,13 +1004,7 @@ at::Tensor sad_network(const at::Tensor& input, at::TensorList w, at::TensorList
     global_mean_linear(buf.last.data(), count, last, hw.data_ptr<float>(), hb.data_ptr<float>(), classes,
                        logits.data_ptr<float>() + n0 * classes);
   };
-  if (N >= at::get_num_threads()) {
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) images(n, 1);
-    });
-  } else {
-    images(0, N);
-  }
+  for_images(N, images);
   return logits;
 }
 
