@@ -157,6 +157,52 @@ __attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void 
   }
 }
 
+// one accumulator's 8 sums (filter group g0 + g at position m0 + q): as they are, or through the output map;
+// the filters past O left out
+template <int P, int G>
+__attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void store_group_avx512(
+    const Problem& p, __m512i (&acc)[P][G], int64_t g0, int64_t m0, int q, int g) {
+  const int64_t o = (g0 + g) * kLanes, at = (m0 + q) * p.O + o;
+  if (o + kLanes <= p.O && p.sums) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + at), _mm512_cvtepi64_epi32(acc[q][g]));
+  } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
+    __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), _mm512_cvtepi64_ps(acc[q][g])),
+                             _mm256_loadu_ps(p.b + o));
+    if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
+    if (p.relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
+    _mm256_storeu_ps(p.y + at, y);
+  } else {
+    alignas(64) int64_t sums[kLanes];
+    _mm512_store_si512(sums, acc[q][g]);
+    store8(p, m0 + q, g0 + g, sums);
+  }
+}
+
+// The accumulators' sums as they are (into p.sums) or through the output map, two filter groups at a time where
+// both are whole (their sums as one vector of 16 32-bit sums: each fits, at most 255 * K < 2^31, checked). The
+// loops' bounds are P and G, known when compiling, so that the accumulators stay in registers.
+template <int P, int G>
+__attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void store_block_avx512(
+    const Problem& p, __m512i (&acc)[P][G], int64_t g0, int64_t m0) {
+  const __m512i low_words = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int q = 0; q < P; ++q) {
+    for (int g = 0; g + 1 < G; g += 2) {
+      const int64_t o = (g0 + g) * kLanes, at = (m0 + q) * p.O + o;
+      if (p.sums || o + 2 * kLanes > p.O) {
+        store_group_avx512<P, G>(p, acc, g0, m0, q, g);
+        store_group_avx512<P, G>(p, acc, g0, m0, q, g + 1);
+        continue;
+      }
+      const __m512 sums = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(acc[q][g], low_words, acc[q][g + 1]));
+      __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(p.a + o), sums), _mm512_loadu_ps(p.b + o));
+      if (p.residual) y = _mm512_add_ps(y, _mm512_loadu_ps(p.residual + at));
+      if (p.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+      _mm512_storeu_ps(p.y + at, y);
+    }
+    if (G % 2) store_group_avx512<P, G>(p, acc, g0, m0, q, G - 1);
+  }
+}
+
 template <int P, int G>
 __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Problem& p, const uint8_t* const* xw,
                                                                        int64_t g0, int64_t m0) {
@@ -179,34 +225,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
     if (t < whole) sad_step_avx512<P, G>(acc, xw, wr, u * row_bytes + 8 * t, 64 * t, nullptr);
     if (masked) sad_step_avx512<P, G>(acc, xw, wr, u * row_bytes + 8 * whole, 64 * whole, &last);
   }
-  // the sums of two filter groups as one vector of 16 32-bit sums (each fits: at most 255 * K < 2^31, checked)
-  const __m512i low_words = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (int q = 0; q < P; ++q)
-    for (int g = 0; g < G; ++g) {
-      const int64_t o = (g0 + g) * kLanes;
-      if (g + 1 < G && o + 2 * kLanes <= p.O && !p.sums) {  // output() for 16 filters at once
-        const int64_t at = (m0 + q) * p.O + o;
-        const __m512 sums = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(acc[q][g], low_words, acc[q][g + 1]));
-        __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(p.a + o), sums), _mm512_loadu_ps(p.b + o));
-        if (p.residual) y = _mm512_add_ps(y, _mm512_loadu_ps(p.residual + at));
-        if (p.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
-        _mm512_storeu_ps(p.y + at, y);
-        ++g;
-      } else if (o + kLanes <= p.O && p.sums) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + (m0 + q) * p.O + o), _mm512_cvtepi64_epi32(acc[q][g]));
-      } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
-        const int64_t at = (m0 + q) * p.O + o;
-        const __m256 sums = _mm512_cvtepi64_ps(acc[q][g]);
-        __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), sums), _mm256_loadu_ps(p.b + o));
-        if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
-        if (p.relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
-        _mm256_storeu_ps(p.y + at, y);
-      } else {
-        alignas(64) int64_t sums[kLanes];
-        _mm512_store_si512(sums, acc[q][g]);
-        store8(p, m0 + q, g0 + g, sums);
-      }
-    }
+  store_block_avx512<P, G>(p, acc, g0, m0);
 }
 
 // AVX2: a group's 8 filters are two 32-byte halves of 4 lanes each. There are 16 vector registers: P * 2G
