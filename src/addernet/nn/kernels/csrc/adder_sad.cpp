@@ -180,12 +180,15 @@ __attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void 
 
 // The accumulators' sums as they are (into p.sums) or through the output map, two filter groups at a time where
 // both are whole (their sums as one vector of 16 32-bit sums: each fits, at most 255 * K < 2^31, checked). The
-// loops' bounds are P and G, known when compiling, so that the accumulators stay in registers.
+// loops unrolled, so that the accumulators stay in registers: indexed by a loop's counter they went through
+// the stack (on Zen 5 the sums alone 1.03-1.11x faster unrolled, the AVX2 block's likewise 1.02-1.11x).
 template <int P, int G>
 __attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void store_block_avx512(
     const Problem& p, __m512i (&acc)[P][G], int64_t g0, int64_t m0) {
   const __m512i low_words = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+#pragma GCC unroll 16
   for (int q = 0; q < P; ++q) {
+#pragma GCC unroll 16
     for (int g = 0; g + 1 < G; g += 2) {
       const int64_t o = (g0 + g) * kLanes, at = (m0 + q) * p.O + o;
       if (p.sums || o + 2 * kLanes > p.O) {
@@ -268,7 +271,9 @@ __attribute__((target("avx2"))) void block_avx2(const Problem& p, const uint8_t*
     if (masked) sad_step_avx2<P, G>(acc, xw, wr, u * row_bytes + 8 * whole, 64 * whole, &last);
   }
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+#pragma GCC unroll 16
   for (int q = 0; q < P; ++q)
+#pragma GCC unroll 16
     for (int g = 0; g < G; ++g) {
       const int64_t o = (g0 + g) * kLanes, at = (m0 + q) * p.O + o;
       // [f0 f4 f1 f5 f2 f6 f3 f7] -> [f0 .. f7]
