@@ -17,8 +17,9 @@ from addernet.nn.kernels import int8
 # (batch, in, out, size, kernel, stride, padding): stride, padding, 1x1 and 3x3, odd channel counts, batch 1,
 # rows longer than one vector (64 * 3 = 192 bytes) and shorter, filter counts that leave remainders; window rows
 # of 1 and 3 whole 8-byte groups with no partial one (8 and 24 bytes) and of 3 whole groups and a partial one
-# (27 bytes): the loops that take two groups a round, with one left over; 3x3 windows over 16 and 32
-# channels with positions and filters past the last whole block (filter counts of 2.5 and 3 groups)
+# (27 bytes): the loops that take two groups a round, with one left over; 3x3 windows over 16, 32 and 64
+# channels (the unrolled AVX-512 blocks) with positions and filters past the last whole block (filter counts of
+# 2.5 and 3 groups)
 CASES = [(2, 16, 16, 8, 3, 1, 1), (1, 3, 5, 7, 3, 2, 1), (2, 33, 7, 6, 1, 1, 0), (1, 64, 64, 5, 3, 1, 1),
          (3, 5, 9, 9, 3, 2, 0), (1, 70, 6, 4, 3, 1, 1), (2, 32, 64, 8, 1, 2, 0), (1, 8, 8, 6, 3, 1, 1),
          (1, 9, 8, 6, 3, 1, 1), (2, 8, 16, 5, 1, 1, 0), (1, 32, 24, 7, 3, 2, 1), (3, 16, 20, 5, 3, 1, 1)]
