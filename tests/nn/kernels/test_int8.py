@@ -22,18 +22,19 @@ from addernet.nn.kernels import int8
 # 2.5 and 3 groups)
 CASES = [(2, 16, 16, 8, 3, 1, 1), (1, 3, 5, 7, 3, 2, 1), (2, 33, 7, 6, 1, 1, 0), (1, 64, 64, 5, 3, 1, 1),
          (3, 5, 9, 9, 3, 2, 0), (1, 70, 6, 4, 3, 1, 1), (2, 32, 64, 8, 1, 2, 0), (1, 8, 8, 6, 3, 1, 1),
-         (1, 9, 8, 6, 3, 1, 1), (2, 8, 16, 5, 1, 1, 0), (1, 32, 24, 7, 3, 2, 1), (3, 16, 20, 5, 3, 1, 1)]
+         (1, 9, 8, 6, 3, 1, 1), (2, 8, 16, 5, 1, 1, 0), (1, 32, 24, 7, 3, 2, 1), (3, 16, 20, 5, 3, 1, 1),
+         (1, 32, 20, 7, 3, 1, 1), (1, 64, 20, 5, 3, 1, 1)]
 
 
 def brute_force(qx: np.ndarray, qw: np.ndarray, stride: int, padding: int, zero_point: int) -> np.ndarray:
     qx = np.pad(qx.astype(np.int64), ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2), constant_values=zero_point)
     qw = qw.astype(np.int64)
-    o, _, k, _ = qw.shape
-    ho, wo = (qx.shape[2] - k) // stride + 1, (qx.shape[3] - k) // stride + 1
+    o, _, kh, kw = qw.shape
+    ho, wo = (qx.shape[2] - kh) // stride + 1, (qx.shape[3] - kw) // stride + 1
     out = np.zeros((qx.shape[0], o, ho, wo), np.int64)
     for i in range(ho):
         for j in range(wo):
-            window = qx[:, None, :, i * stride:i * stride + k, j * stride:j * stride + k]
+            window = qx[:, None, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
             out[:, :, i, j] = np.abs(window - qw[None]).sum((2, 3, 4))
     return out
 
@@ -69,6 +70,18 @@ def test_the_sums_alone_are_exact(case):
     sums = int8.sad_sums(qx, qw, s)
     assert sums.dtype == torch.int32 and sums.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(sums.numpy(), brute_force(qx.numpy(), qw.numpy(), s, 0, 0))
+
+
+@pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
+@pytest.mark.parametrize("kh, kw, c", [(3, 1, 48), (3, 2, 48), (3, 6, 16)])
+def test_windows_not_square(kh, kw, c):
+    """Window rows of 48, 96 and 96 bytes in 3 rows, as a 3x3 window over 16 or 32 channels has (the unrolled
+    AVX-512 blocks take any such window), against the brute force."""
+    torch.manual_seed(kh * kw * c)
+    qx = torch.randint(0, 256, (2, c, 9, 11), dtype=torch.uint8)
+    qw = torch.randint(0, 256, (20, c, kh, kw), dtype=torch.uint8)
+    sums = int8.sad_sums(qx, qw, 1)
+    np.testing.assert_array_equal(sums.numpy(), brute_force(qx.numpy(), qw.numpy(), 1, 0, 0))
 
 
 def test_quantization_rounds_and_clamps_as_the_kernel_does():

@@ -141,6 +141,16 @@ void positions_portable(const Problem& p, int64_t begin, int64_t end) {
 
 #ifdef ADDERNET_X86
 
+// output() for 8 filters at once (o the first, at its place in y), the same operations in the same order for
+// finite values (the vector max gives +0 for -0 and 0 for NaN where std::max keeps them), stored into p.y
+__attribute__((target("avx2"), always_inline)) inline void store_outputs8(const Problem& p, int64_t o, int64_t at,
+                                                                          __m256 sums) {
+  __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), sums), _mm256_loadu_ps(p.b + o));
+  if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
+  if (p.relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
+  _mm256_storeu_ps(p.y + at, y);
+}
+
 // P positions x G groups of 8 filters: P * G accumulators (AVX-512: 32 registers), the G filter vectors of the
 // byte group loaded once, each position's 8 input bytes broadcast once (masked where the row ends inside the
 // group) and used against all G.
@@ -165,12 +175,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void 
   const int64_t o = (g0 + g) * kLanes, at = (m0 + q) * p.O + o;
   if (o + kLanes <= p.O && p.sums) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + at), _mm512_cvtepi64_epi32(acc[q][g]));
-  } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
-    __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), _mm512_cvtepi64_ps(acc[q][g])),
-                             _mm256_loadu_ps(p.b + o));
-    if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
-    if (p.relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
-    _mm256_storeu_ps(p.y + at, y);
+  } else if (o + kLanes <= p.O) {
+    store_outputs8(p, o, at, _mm512_cvtepi64_ps(acc[q][g]));
   } else {
     alignas(64) int64_t sums[kLanes];
     _mm512_store_si512(sums, acc[q][g]);
@@ -219,7 +225,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
   for (int64_t u = 0; u < kh; ++u) {
     const uint8_t* wr[G];
     for (int g = 0; g < G; ++g) wr[g] = filters(p, g0 + g, u);
-    // two byte groups a round: half the loop's branches (on AMD Zen 5, 1.2-1.4x at 16 channels, 6 groups a row)
+    // two byte groups a round: half the loop's branches (on AMD Zen 5, 1.2-1.4x on 3x3 windows over 16 channels,
+    // measured before those took the unrolled block below)
     int64_t t = 0;
     for (; t + 2 <= whole; t += 2) {
       sad_step_avx512<P, G>(acc, xw, wr, u * row_bytes + 8 * t, 64 * t, nullptr);
@@ -232,11 +239,10 @@ __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512(const Pro
 }
 
 // A window of KH rows of T whole byte groups each, both known when compiling (3 x 3 windows over 16, 32 or 64
-// channels: the CIFAR ResNets' layers): every step unrolled, no loop and no mask (a row's loop cost about 20
-// cycles a row on Zen 5, a third of a 16-channel row's 6 steps; unrolled, the sums alone ran 1.22x as fast at
-// 16 channels, 1.07-1.09x at 32 and 64, side by side). The empty asm after each step keeps every sum in its own
-// register: without it GCC regrouped the unrolled additions into trees that need more registers than there are
-// and moved the accumulators to the stack.
+// channels: the CIFAR ResNets' layers): every step unrolled, no loop and no mask (on Zen 5 the sums alone
+// 1.19-1.22x as fast at 16 channels, 6 byte groups a row, and 1.07-1.09x at 32 and 64, side by side). The empty
+// asm after each step keeps every sum in its own register: without it GCC regrouped the unrolled additions into
+// trees that need more registers than there are and moved the accumulators to the stack.
 template <int P, int G, int KH, int T>
 __attribute__((target("avx512f,avx512bw,avx512dq"))) void block_avx512_unrolled(const Problem& p,
                                                                                 const uint8_t* const* xw,
@@ -299,6 +305,7 @@ __attribute__((target("avx2"))) void block_avx2(const Problem& p, const uint8_t*
     if (masked) sad_step_avx2<P, G>(acc, xw, wr, u * row_bytes + 8 * whole, 64 * whole, &last);
   }
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  // unrolled, so that the accumulators stay in registers (see store_block_avx512)
 #pragma GCC unroll 16
   for (int q = 0; q < P; ++q)
 #pragma GCC unroll 16
@@ -309,12 +316,8 @@ __attribute__((target("avx2"))) void block_avx2(const Problem& p, const uint8_t*
       const __m256i sums = _mm256_permutevar8x32_epi32(mixed, order);
       if (o + kLanes <= p.O && p.sums) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.sums + at), sums);
-      } else if (o + kLanes <= p.O) {  // output() for 8 filters at once, the same operations in the same order
-        __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p.a + o), _mm256_cvtepi32_ps(sums)),
-                                 _mm256_loadu_ps(p.b + o));
-        if (p.residual) y = _mm256_add_ps(y, _mm256_loadu_ps(p.residual + at));
-        if (p.relu) y = _mm256_max_ps(y, _mm256_setzero_ps());
-        _mm256_storeu_ps(p.y + at, y);
+      } else if (o + kLanes <= p.O) {
+        store_outputs8(p, o, at, _mm256_cvtepi32_ps(sums));
       } else {
         alignas(32) int32_t words[kLanes];
         _mm256_store_si256(reinterpret_cast<__m256i*>(words), sums);
@@ -866,7 +869,7 @@ __attribute__((target("avx2,fma"))) inline void small_conv_pixels(const SmallCon
 // AVX-512, 3x3 windows at stride 1 (the CIFAR stem): Q pixels of a row at once against G vectors of 16 filters,
 // each input value broadcast once for all the pixels whose windows hold it (Q + 2 broadcasts a window row and
 // channel, where the AVX2 loop above broadcasts 3Q), the 3 x G filter vectors of a window row and channel
-// loaded once for them all. On AMD Zen 5 1.4-1.6x the AVX2 loop's speed on ResNet-20's stem, side by side.
+// loaded once for them all. On AMD Zen 5 1.4-1.7x the AVX2 loop's speed on ResNet-20's stem, side by side.
 template <int Q, int G>
 __attribute__((target("avx512f"))) void small_conv_pixels_avx512(const SmallConv& p, int64_t n, int64_t i,
                                                                  int64_t j) {
