@@ -151,6 +151,15 @@ __attribute__((target("avx2"), always_inline)) inline void store_outputs8(const 
   _mm256_storeu_ps(p.y + at, y);
 }
 
+// the same for 16 filters (AVX-512)
+__attribute__((target("avx512f"), always_inline)) inline void store_outputs16(const Problem& p, int64_t o, int64_t at,
+                                                                             __m512 sums) {
+  __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(p.a + o), sums), _mm512_loadu_ps(p.b + o));
+  if (p.residual) y = _mm512_add_ps(y, _mm512_loadu_ps(p.residual + at));
+  if (p.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+  _mm512_storeu_ps(p.y + at, y);
+}
+
 // P positions x G groups of 8 filters: P * G accumulators (AVX-512: 32 registers), the G filter vectors of the
 // byte group loaded once, each position's 8 input bytes broadcast once (masked where the row ends inside the
 // group) and used against all G.
@@ -202,11 +211,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void 
         store_group_avx512<P, G>(p, acc, g0, m0, q, g + 1);
         continue;
       }
-      const __m512 sums = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(acc[q][g], low_words, acc[q][g + 1]));
-      __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(p.a + o), sums), _mm512_loadu_ps(p.b + o));
-      if (p.residual) y = _mm512_add_ps(y, _mm512_loadu_ps(p.residual + at));
-      if (p.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
-      _mm512_storeu_ps(p.y + at, y);
+      store_outputs16(p, o, at, _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(acc[q][g], low_words, acc[q][g + 1])));
     }
     if (G % 2) store_group_avx512<P, G>(p, acc, g0, m0, q, G - 1);
   }
