@@ -149,6 +149,8 @@ def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_changed_or_replac
     with torch.no_grad():
         features = net.stem(torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last))
         results = [net.stages(features)]
+        kept = net.stages.kernel_layers()
+        assert net.stages.kernel_layers() is kept  # one kernel object, kept between calls
         state = {k: v.clone() for k, v in net.state_dict().items()}
         # the filters reordered (random ones would leave a map of zeros after the ReLU: no change to see)
         state["stages.2.2.conv2.qweight"] = layer.qweight.flip(0)
@@ -168,11 +170,14 @@ def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_changed_or_replac
 
 @needs_kernel
 def test_a_network_made_and_run_under_inference_mode():
-    """Tensors made under torch.inference_mode have no version counter: the body runs on identities there."""
+    """Tensors made under torch.inference_mode have no version counter: the body, and the whole network's
+    kernel object, run on identities there."""
     with torch.inference_mode():
         net = quantized_resnet()
-        features = net.stem(torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last))
+        x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+        features = net.stem(x)
         torch.testing.assert_close(net.stages(features), packed_afresh(net, features), rtol=0, atol=0)
+        torch.testing.assert_close(net(x), net.model(x), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernel

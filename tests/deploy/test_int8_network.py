@@ -1,4 +1,4 @@
-"""A quantised ResNet as one kernel call (stem, int8 stages, pooling and classifier: sad_network) against its
+"""A quantised ResNet as one kernel call (stem, int8 stages, pooling and classifier: int8.network) against its
 modules one by one."""
 
 import copy
@@ -82,6 +82,39 @@ def test_the_network_keeps_the_models_state_dict_and_interface():
 
 
 @needs_kernel
+def test_the_network_uses_tensors_loaded_changed_or_replaced_after_its_first_call():
+    """The kernel object is made once and kept: values written into the tensors it holds, filters changed in
+    place (packed again by their version), and tensors or modules replaced in the model are all used, each
+    result equal to the parts' own calls one by one."""
+    net = quantized_resnet()
+    layer, stem = net.stages[2][2].conv2, net.stem[0]
+    x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["stages.2.2.conv2.qweight"] = layer.qweight.flip(0)
+    changes = [lambda: stem.weight.copy_(stem.weight.roll(1, dims=1)),  # colour channels swapped
+               lambda: setattr(stem, "bias", torch.nn.Parameter(stem.bias.flip(0))),
+               lambda: net.fc.weight.mul_(-1.0),
+               lambda: net.load_state_dict(state),
+               lambda: layer.qweight.copy_(layer.qweight.roll(1, dims=1)),
+               lambda: setattr(layer, "qweight", layer.qweight.flip(0).clone()),
+               lambda: layer.a.mul_(1.1),
+               lambda: setattr(layer, "b", layer.b + 0.1),
+               lambda: net.stem.__setitem__(0, type(stem).from_conv(torch.nn.Conv2d(3, 16, 3, padding=1), relu=True))]
+    with torch.no_grad():
+        results = [net(x)]
+        made = net._kernel_network()
+        for change in changes:
+            change()
+            results.append(net(x))
+            assert not torch.equal(results[-2], results[-1])  # the change is used, not what was seen before
+            torch.testing.assert_close(results[-1], net.model(x), rtol=1e-5, atol=1e-5)
+        assert net._kernel_network() is not made  # made again for the replaced tensors and module
+        kept = net._kernel_network()
+        layer.a.mul_(0.5)
+        assert net._kernel_network() is kept  # values written in place need no new object
+
+
+@needs_kernel
 def test_hooks_on_the_parts_run():
     """A forward hook on a part (the feature plot's on the classifier) makes the network run part by part."""
     net = quantized_resnet()
@@ -117,5 +150,6 @@ def test_networks_whose_parts_do_not_fit_stay_as_they_are():
 def test_a_head_of_the_wrong_width_is_refused():
     net = quantized_resnet()
     stem = net.stem[0]
-    with pytest.raises(RuntimeError, match=r"the head's weight must be \(classes, 64\)"):
-        int8.sad_network(torch.randn(1, 3, 12, 12), stem, net.stages.plan(), torch.randn(10, 32), torch.randn(10))
+    with pytest.raises(RuntimeError, match=r"the head's weight must be float32 \(classes, 64\)"):
+        int8.network(stem, net.stages.kernel_layers(), torch.randn(10, 32), torch.randn(10)).forward(
+            torch.randn(1, 3, 12, 12))

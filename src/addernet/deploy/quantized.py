@@ -25,7 +25,9 @@ one beside its C project that holds the integer program instead (:mod:`addernet.
 from __future__ import annotations
 
 import copy
+import operator
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -135,16 +137,43 @@ def only_layer(sequence: nn.Module | None) -> nn.Module | None:
     return layers[0] if len(layers) == 1 else None
 
 
-class Int8Body(nn.Sequential):
-    """A ResNet's stages whose blocks are all int8 (:class:`Int8ResidualBlock`), run as one kernel call
-    (:func:`addernet.nn.kernels.int8.sad_body`: one image at a time through every layer, threads taking whole
-    images, maps in buffers kept between calls), with the same arithmetic as the blocks one by one. The
-    stages stay its children under their names, so the state dict reads the same; without the compiled
-    kernel it runs them one by one."""
+class KeepsKernelObject:
+    """For a module that runs as one kernel object (:func:`addernet.nn.kernels.int8.layers`, ``network``): the
+    object is made on first use and kept with what it was made from (modules, and tensors read straight from
+    their modules' dictionaries), and made again where any of those has been replaced since: an identity check
+    of about 60 objects for ResNet-20, 1-2 us. Values written into the tensors in place need no new object (it
+    holds the tensors themselves; filters are packed again when their version changes). A copy or an unpickled
+    module makes its own."""
+
+    def kept(self, make: Callable[[], object], made_from: Callable[[], list]):
+        """The kept object, or ``make()``'s where ``made_from()`` (the objects it depends on, as they are now)
+        lists other objects than when it was made."""
+        kept = self.__dict__.get("_kernel_object")
+        if kept is not None:
+            now = made_from()
+            if len(now) == len(kept[1]) and all(map(operator.is_, now, kept[1])):
+                return kept[0]
+        made = make()
+        self.__dict__["_kernel_object"] = (made, made_from())
+        return made
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_kernel_object", None)
+        return state
+
+
+class Int8Body(KeepsKernelObject, nn.Sequential):
+    """A ResNet's stages whose blocks are all int8 (:class:`Int8ResidualBlock`), run as one kernel object's call
+    (:func:`addernet.nn.kernels.int8.layers`: one image at a time through every layer, threads taking whole
+    images, maps in buffers kept between calls; the object kept, see :class:`KeepsKernelObject`), with the
+    same arithmetic as the blocks one by one. The stages stay its children under their names, so the state dict
+    reads the same; without the compiled kernel it runs them one by one."""
 
     def __init__(self, stages: nn.Sequential | OrderedDict):
         super().__init__(OrderedDict(stages._modules) if isinstance(stages, nn.Module) else stages)
-        self._plan: int8.BodyPlan | None = None  # made on first use (the layers' filters are read at each call)
+        self._plan: int8.BodyPlan | None = None  # made on first use
+        self._tensors: tuple = ()  # where the plan's layers keep their tensors
 
     @staticmethod
     def fits(stages: nn.Module) -> bool:
@@ -162,7 +191,7 @@ class Int8Body(nn.Sequential):
         return layer if isinstance(layer, Int8Adder2d) else False
 
     def plan(self) -> int8.BodyPlan:
-        """The blocks as :func:`addernet.nn.kernels.int8.sad_body`'s steps: map 0 the input, each layer's output the
+        """The blocks as :func:`addernet.nn.kernels.int8.layers`' steps: map 0 the input, each layer's output the
         next map."""
         if self._plan is None:
             plan = int8.BodyPlan()
@@ -175,12 +204,18 @@ class Int8Body(nn.Sequential):
                     out = plan.add(layer, out, None, relu=True)
                 current = plan.add(block._layers[-1], out, identity, relu=True)
             self._plan = plan
+            self._tensors = tuple(zip(*plan.tensors()))  # (dictionaries, names)
         return self._plan
+
+    def kernel_layers(self):
+        """The kernel object of the layers (:func:`addernet.nn.kernels.int8.layers`), kept between calls."""
+        plan = self.plan()
+        return self.kept(lambda: int8.layers(plan), lambda: list(map(dict.get, *self._tensors)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not int8.extension_available():
             return super().forward(x)
-        return int8.sad_body(x, self.plan())
+        return self.kernel_layers().forward(x)
 
     def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
         """The blocks one by one, each layer its own kernel call (the same result)."""
@@ -260,12 +295,14 @@ class PointwiseLinear(nn.Conv2d):
         return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)[:, :, None, None]
 
 
-class Int8Network(nn.Module):
+class Int8Network(KeepsKernelObject, nn.Module):
     """A ResNet whose float stem (a :class:`SmallConv2d`), int8 stages (an :class:`Int8Body`) and head (a
     :class:`GlobalMean`, then a :class:`PointwiseLinear` classifier with its BatchNorm folded) run as one kernel
-    call (:func:`addernet.nn.kernels.int8.sad_network`): at batch 1 the parts' own calls and the Python between
-    them cost about a tenth of the network's time. The model's parts stay its children under their own names
-    (the same state dict; a part assigned anew is the model's too), and the model answers for its interface
+    object's call (:func:`addernet.nn.kernels.int8.network`, kept: see :class:`KeepsKernelObject`; it depends on
+    the parts, the stem's modules, the stem's and the classifier's parameters and the stages' own object): at
+    batch 1 the parts' own calls, the Python between them and the passage of the layers' tensors at each call
+    cost about a fifth of the network's time. The model's parts stay its children under their own names (the
+    same state dict; a part assigned anew is the model's too), and the model answers for its interface
     (``forward_features``, ``forward_head``, ``get_classifier``, ``num_classes``, ``num_features``). Where a
     part has forward hooks (a feature plot's on the classifier), the network runs part by part, so they run."""
 
@@ -284,8 +321,7 @@ class Int8Network(nn.Module):
 
     @staticmethod
     def _stem(parts: dict) -> SmallConv2d | None:
-        """The stem's convolution where the parts (a module's children, read directly: attribute lookups on
-        modules cost microseconds at batch 1) fit the one call; else None."""
+        """The stem's convolution where the parts (a module's children) fit the one call; else None."""
         stem, fc = only_layer(parts.get("stem")), parts.get("fc")
         fit = (isinstance(stem, SmallConv2d) and stem.bias is not None and isinstance(parts.get("stages"), Int8Body)
                and isinstance(parts.get("pool"), GlobalMean) and isinstance(fc, PointwiseLinear)
@@ -302,13 +338,32 @@ class Int8Network(nn.Module):
         if isinstance(value, nn.Module) and "model" in self.__dict__:
             setattr(self.model, name, value)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kernel_network(self):
+        """The kernel object for the parts as they are now; None where they do not fit one call."""
         parts = self._modules
-        stem = Int8Network._stem(parts)
-        if stem is None or any(m._forward_hooks or m._forward_pre_hooks for m in parts.values()):
-            return self.model(x)
-        fc = parts["fc"]
-        return int8.sad_network(x, stem, parts["stages"].plan(), fc.weight, fc.bias)
+        stages = parts.get("stages")
+        body = stages.kernel_layers() if isinstance(stages, Int8Body) and int8.extension_available() else None
+
+        def made_from() -> list:
+            return [body, *parts.values(), *getattr(parts.get("stem"), "_modules", {}).values(),
+                    *map(dict.get, *self.__dict__.get("_tensors", ((), ())))]
+
+        def make():
+            stem, fc = Int8Network._stem(parts), parts.get("fc")
+            if stem is None:
+                self.__dict__["_tensors"] = ((), ())
+                return None
+            self.__dict__["_tensors"] = tuple(zip(*((m._parameters, name) for m in (stem, fc)
+                                                    for name in ("weight", "bias"))))
+            return int8.network(stem, body, fc.weight, fc.bias)
+
+        return self.kept(make, made_from)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        network = None
+        if not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules.values()):
+            network = self._kernel_network()
+        return self.model(x) if network is None else network.forward(x)
 
 
 def fuse_network(model: nn.Module) -> nn.Module:

@@ -94,7 +94,7 @@ def test_quantization_rounds_and_clamps_as_the_kernel_does():
 
 
 def quantised_row_matches_quantize() -> bool:
-    """A row of 83 values (whole vectors of 16 and 32 and a rest) with exact halves, both infinities and
+    """A row of 83 values (the vector rounds of 64, 32 and 16 values, and a rest) with exact halves, both infinities and
     values past both ends, quantised by the kernel (read back through a 1x1 layer of one zero filter: each
     output is its input's code) against quantize()."""
     x = (torch.arange(83.0) - 10.5) * 0.25 * 16  # x / scale + zero point: halves, -165 up to 1163

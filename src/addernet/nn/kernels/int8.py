@@ -4,10 +4,10 @@
 (N, C, H, W) quantised with one ``scale`` and ``zero_point`` shared with the filters,
 ``y[n, o, i, j] = a[o] * sum_{c,u,v} |qx_pad[n, c, i*s+u, j*s+v] - qw[o, c, u, v]| + b[o]`` exactly in integers
 before the final affine map (which folds the adder's -scale and the BatchNorm after it). Input and output
-are channels-last in memory (NCHW shapes), so consecutive layers need no copies. :func:`sad_body` runs a chain
-of such layers (a ResNet's stages, :class:`BodyPlan`) in one call with the same arithmetic, :func:`sad_network`
-a whole ResNet (float stem, such a chain, pooling and classifier); :func:`sad_sums` is the sums alone (the
-benchmark's inner loop).
+are channels-last in memory (NCHW shapes), so consecutive layers need no copies. :func:`layers` makes a kernel
+object that runs a chain of such layers (a ResNet's stages, :class:`BodyPlan`) in one call with the same
+arithmetic, :func:`network` one for a whole ResNet (float stem, such a chain, pooling and classifier);
+:func:`sad_sums` is the sums alone (the benchmark's inner loop).
 
 The C++ extension is compiled once with the machine's compiler and cached (PyTorch's extension cache,
 ``TORCH_EXTENSIONS_DIR``); without a compiler a warning is given once and :func:`sad_forward_reference`, the
@@ -105,11 +105,10 @@ def version(t: torch.Tensor) -> int | None:
 
 
 class BodyPlan:
-    """Int8 adder layers in the order :func:`sad_body` runs them, each reading maps written before it. Their
-    geometry, scale and zero point are taken once, when added; their tensors (``qweight``, ``a``, ``b``) at
-    every call, so filters loaded, changed in place or replaced are used (packed again by the layer,
-    ``packed_filters()``). The tensors are read from the layers' buffer dictionaries: a module's attribute
-    lookup costs about a microsecond, 60 of them a tenth of a batch-1 forward."""
+    """Int8 adder layers in the order :func:`layers` runs them, each reading maps written before it. Their
+    geometry, scale and zero point are taken once, when added; their tensors (``qweight``, ``a``, ``b``) are
+    the kernel object's to hold (values written into them in place are used, filters packed again when their
+    version changes)."""
 
     SPEC = 9  # integers per layer (csrc/adder_sad.cpp's kSpec)
 
@@ -127,36 +126,43 @@ class BodyPlan:
         self.inv_scale.append(1.0 / layer.scale)
         return len(self.layers)
 
-    def arguments(self) -> tuple[list, list, list]:
-        """The layers' packed filters, ``a`` and ``b`` (float32, as the layers keep them), as :func:`sad_body`
-        passes them."""
-        return ([layer.packed_filters() for layer in self.layers], [layer._buffers["a"] for layer in self.layers],
-                [layer._buffers["b"] for layer in self.layers])
+    def tensors(self) -> list[tuple[dict, str]]:
+        """Where the layers' tensors are: (the layer's buffer dictionary, name) for each layer's ``qweight``, ``a``
+        and ``b`` in turn (read there directly: a module's attribute lookup costs about a microsecond)."""
+        return [(layer._buffers, name) for layer in self.layers for name in ("qweight", "a", "b")]
+
+
+def layers(plan: BodyPlan):
+    """The layers of ``plan`` as one kernel object (needs the extension): ``layers(plan).forward(x)`` gives the
+    same result as :func:`sad_forward` layer by layer, bit for bit, with images taken one at a time through all
+    of them (threads take whole images) and the maps between layers in per-thread buffers kept between calls (as
+    large as the largest call needed, until the process ends); returns the last layer's map. The object holds
+    the layers' tensors as they are now (values written into them in place are used; filters packed again when
+    their version changes; a tensor replaced in a layer needs a new object): made once, a call passes one
+    tensor, where passing ResNet-20's 57 at every call cost more than its stem and classifier together."""
+    if not extension_available():
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the body needs it")
+    qweight, a, b = ([layer._buffers[name] for layer in plan.layers] for name in ("qweight", "a", "b"))
+    return torch.classes.addernet_int8.Layers(qweight, a, b, plan.spec, plan.inv_scale)
 
 
 def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:
-    """The layers of ``plan`` in one call (needs the extension): the same result as :func:`sad_forward` layer by
-    layer, bit for bit, with images taken one at a time through all of them (threads take whole images) and
-    the maps between layers in per-thread buffers kept between calls (as large as the largest call needed,
-    until the process ends). Returns the last layer's map."""
-    if not extension_available():
-        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_body needs it")
-    return torch.ops.addernet_int8.sad_body(x, *plan.arguments(), plan.spec, plan.inv_scale)
+    """The layers of ``plan`` on ``x`` once (:func:`layers`, its object made for this call)."""
+    return layers(plan).forward(x)
 
 
-def sad_network(x: torch.Tensor, stem, plan: BodyPlan, head_weight: torch.Tensor, head_bias: torch.Tensor
-                ) -> torch.Tensor:
-    """A whole network in one call (needs the extension): ``stem`` (a convolution with ``relu``, as
-    :func:`small_conv` runs it) on the images ``x``, the layers of ``plan`` on its map (as :func:`sad_body`),
-    then the global mean of the last map and ``logits = mean @ head_weight.T + head_bias`` (``head_weight``
-    (classes, channels), or a 1x1 convolution's (classes, channels, 1, 1)). Returns the logits
-    (N, classes): the stem and the body as their own calls compute them, bit for bit; the mean and the
-    classifier in float with another order of additions than PyTorch's (the last bits differ)."""
+def network(stem, body, head_weight: torch.Tensor, head_bias: torch.Tensor):
+    """A whole network as one kernel object (needs the extension): ``network(...).forward(x)`` runs ``stem`` (a
+    convolution with ``relu``, as :func:`small_conv` runs it) on the images ``x``, ``body`` (a :func:`layers`
+    object) on its map, then the global mean of the last map and ``logits = mean @ head_weight.T + head_bias``
+    (``head_weight`` (classes, channels), or a 1x1 convolution's (classes, channels, 1, 1), float32) and returns
+    the logits (N, classes): the stem and the body as their own calls compute them, bit for bit; the mean and
+    the classifier in float with another order of additions than PyTorch's (the last bits differ). Like
+    :func:`layers`, it holds the tensors given."""
     if not extension_available():
-        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); sad_network needs it")
-    return torch.ops.addernet_int8.sad_network(x, *plan.arguments(), plan.spec, plan.inv_scale, stem.weight,
-                                               stem.bias, stem.stride[0], stem.padding[0], stem.relu, head_weight,
-                                               head_bias)
+        raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the network needs it")
+    return torch.classes.addernet_int8.Network(body, stem.weight, stem.bias, stem.stride[0], stem.padding[0],
+                                               stem.relu, head_weight, head_bias)
 
 
 def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,

@@ -10,13 +10,14 @@
 // The instruction set is chosen at run time (AVX-512BW, AVX2, else portable C++), so one build runs on any
 // x86-64 CPU; threads come from ATen's pool (torch.set_num_threads).
 //
-// Entry points: sad_forward (one layer), sad_body (a chain of layers in one call, below), sad_network (a float
-// stem, such a chain and a pooled linear head in one call), sad_sums (the sums alone), sad_pack (the filters'
-// layout), small_conv (a float stem), sad_limit (the instructions' own rates).
+// Entry points: sad_forward (one layer), the classes Layers (a chain of layers in one call, below) and Network
+// (a float stem, such a chain and a pooled linear head in one call), sad_sums (the sums alone), sad_pack (the
+// filters' layout), small_conv (a float stem), sad_limit (the instructions' own rates).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -416,19 +418,19 @@ void quantize_row_portable(const float* src, uint8_t* dst, int64_t count, float 
 
 #ifdef ADDERNET_X86
 // mul then add (no fused multiply-add), then clamp: the same float operations as quantize_one; the conversion
-// rounds half to even (the default rounding mode)
+// rounds half to even (the default rounding mode). Where saturating packs turn the 32-bit codes into bytes,
+// they clamp below 0 (a negative value, -inf or NaN, whose conversion gives INT_MIN, packs to 0 as the clamp
+// gives it), so only the clamp to 255 stays (above 2^31 the conversion would give INT_MIN).
 __attribute__((target("avx2"))) void quantize_row_avx2(const float* __restrict__ src, uint8_t* __restrict__ dst,
                                                        int64_t count, float inv, float zp) {
-  const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zp);
-  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.0f);
+  const __m256 vinv = _mm256_set1_ps(inv), vzp = _mm256_set1_ps(zp), hi = _mm256_set1_ps(255.0f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   int64_t k = 0;
   for (; k + 32 <= count; k += 32) {
     __m256i q[4];
     for (int t = 0; t < 4; ++t) {
-      __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(src + k + 8 * t), vinv), vzp);
-      v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
-      q[t] = _mm256_cvtps_epi32(v);
+      const __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(src + k + 8 * t), vinv), vzp);
+      q[t] = _mm256_cvtps_epi32(_mm256_min_ps(hi, v));
     }
     const __m256i words = _mm256_packus_epi32(q[0], q[1]), words2 = _mm256_packus_epi32(q[2], q[3]);
     const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(words, words2), order);
@@ -442,7 +444,21 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_row_avx512(const float
                                                                     float inv, float zp) {
   const __m512 vinv = _mm512_set1_ps(inv), vzp = _mm512_set1_ps(zp);
   const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(255.0f);
+  // 64 values a round, packed to bytes by two rounds of saturating packs (which interleave the four vectors'
+  // 128-bit lanes) and one permutation of 32-bit words back into order: fewer operations than a clamp below and
+  // a conversion to bytes for each vector (on Zen 5, ResNet-20's padded maps of one image 1.1x, 1.4x and 2.0x
+  // as fast, alone in a loop); 16 at a time for the rest
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   int64_t k = 0;
+  for (; k + 64 <= count; k += 64) {
+    __m512i q[4];
+    for (int t = 0; t < 4; ++t) {
+      const __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(src + k + 16 * t), vinv), vzp);
+      q[t] = _mm512_cvtps_epi32(_mm512_min_ps(hi, v));
+    }
+    const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]), _mm512_packus_epi32(q[2], q[3]));
+    _mm512_storeu_si512(dst + k, _mm512_permutexvar_epi32(order, bytes));
+  }
   for (; k + 16 <= count; k += 16) {
     __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(src + k), vinv), vzp);
     v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
@@ -610,7 +626,7 @@ namespace {
 
 // ---- a network's body in one call ---------------------------------------------------------------------------
 //
-// sad_body runs a chain of int8 adder layers (a ResNet's stages) as sad_forward would run them one by one, with
+// Layers runs a chain of int8 adder layers (a ResNet's stages) as sad_forward would run them one by one, with
 // the same arithmetic (so bit for bit the same result), but: one call from Python for all of them; images
 // taken one at a time through the whole chain (each image's maps, a few tens of KB, stay in the core's cache
 // from one layer to the next; threads take whole images, so they never wait for each other between layers);
@@ -618,7 +634,7 @@ namespace {
 // page faults, a quarter of the network's time at batch 64). Fewer images than threads: all images go
 // through each layer together, the layer's positions shared among the threads as in sad_forward.
 
-// One layer of a body: kSpec integers each (see sad_body), maps numbered as written (map 0 is the input).
+// One layer of a body: kSpec integers each (see Layers), maps numbered as written (map 0 is the input).
 constexpr int64_t kSpec = 9;
 struct BodyLayer {
   const uint8_t* w;
@@ -634,7 +650,7 @@ struct MapShape {
 };
 
 // What one thread keeps between calls: the maps of the images it runs, the quantised input of one layer; for
-// sad_network, the stem's map and the body's last map too.
+// Network, the stem's map and the body's last map too.
 struct BodyBuffers {
   std::vector<float> maps;
   std::vector<uint8_t> quantized;
@@ -690,7 +706,7 @@ void for_images(int64_t N, const Images& fn) {
   });
 }
 
-// The body of sad_body's arguments (see there) for an input map of input_map's shape, checked.
+// The body of Layers' arguments (see there) for an input map of input_map's shape, checked.
 Body make_body(const char* op, const MapShape& input_map, at::TensorList w, at::TensorList a, at::TensorList b,
                at::IntArrayRef spec, at::ArrayRef<double> inv_scale) {
   const int64_t L = static_cast<int64_t>(w.size());
@@ -750,24 +766,6 @@ Body make_body(const char* op, const MapShape& input_map, at::TensorList w, at::
 }
 
 }  // namespace
-
-// The int8 adder layers of a network's body in one call (see above). x: float (N, C, H, W), best channels last;
-// per layer l: w[l] (sad_pack), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale) and
-// spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input channels, input map, residual map (-1:
-// none), relu. Layer l writes map l + 1; map 0 is x; a layer reads maps written before it. Returns the last
-// map (N, O, Ho, Wo), channels last.
-at::Tensor sad_body(const at::Tensor& input, at::TensorList w, at::TensorList a, at::TensorList b,
-                    at::IntArrayRef spec, at::ArrayRef<double> inv_scale) {
-  TORCH_CHECK(input.dim() == 4 && input.size(0) > 0, "x must be (N, C, H, W) with at least one image");
-  const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  const Body body = make_body("sad_body", {x.size(1), x.size(2), x.size(3)}, w, a, b, spec, inv_scale);
-  const MapShape out = body.maps.back();
-  at::Tensor y = at::empty({x.size(0), out.C, out.H, out.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const float* xs = x.data_ptr<float>();
-  float* ys = y.data_ptr<float>();
-  for_images(x.size(0), [&](int64_t n0, int64_t count) { body.run(xs, ys, n0, count); });
-  return y;
-}
 
 // uint8 filters (O, C, kh, kw) -> the packed layout described at the top
 at::Tensor sad_pack(const at::Tensor& qw) {
@@ -996,6 +994,11 @@ struct SmallConvArgs {
   int64_t Ho, Wo;
 };
 
+// a stem's weight (O, C, k, k) in the loop's order (k, k, C, O), float32
+at::Tensor small_conv_filters(const at::Tensor& weight) {
+  return weight.to(at::kFloat).permute({2, 3, 1, 0}).contiguous();
+}
+
 SmallConvArgs small_conv_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                               int64_t stride, int64_t padding) {
   TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && weight.size(2) == weight.size(3) &&
@@ -1004,9 +1007,8 @@ SmallConvArgs small_conv_args(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(stride >= 1 && padding >= 0, "small_conv: stride must be >= 1 and padding >= 0");
   const int64_t H = input.size(2), W = input.size(3), k = weight.size(2);
   TORCH_CHECK(H + 2 * padding >= k && W + 2 * padding >= k, "small_conv: the kernel is larger than the padded input");
-  return {input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast),
-          weight.to(at::kFloat).permute({2, 3, 1, 0}).contiguous(), bias.to(at::kFloat).contiguous(),
-          (H + 2 * padding - k) / stride + 1, (W + 2 * padding - k) / stride + 1};
+  return {input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast), small_conv_filters(weight),
+          bias.to(at::kFloat).contiguous(), (H + 2 * padding - k) / stride + 1, (W + 2 * padding - k) / stride + 1};
 }
 
 }  // namespace
@@ -1046,44 +1048,150 @@ void global_mean_linear(const float* maps, int64_t count, const MapShape& s, con
 
 }  // namespace
 
-// A ResNet in one call: the float stem (small_conv, stem_* its arguments), the int8 body (sad_body's
-// arguments, the stem's map its input), then the global mean of the last map and a linear classifier (head_weight
-// (classes, channels), head_bias (classes)). Threads take whole images through all of it, as in sad_body (fewer
-// images than threads: the stem shares its rows and the body its positions among them; the head, a few
-// thousand operations an image, runs on one). At batch 1 on AMD Zen 5 the one call ran 1.11-1.15x as fast as
-// the stem, the body, the pooling and the classifier called one after another from Python.
-// x: float images (N, C, H, W); returns the logits (N, classes).
-at::Tensor sad_network(const at::Tensor& input, at::TensorList w, at::TensorList a, at::TensorList b,
-                       at::IntArrayRef spec, at::ArrayRef<double> inv_scale, const at::Tensor& stem_weight,
-                       const at::Tensor& stem_bias, int64_t stem_stride, int64_t stem_padding, bool stem_relu,
-                       const at::Tensor& head_weight, const at::Tensor& head_bias) {
-  const SmallConvArgs stem = small_conv_args(input, stem_weight, stem_bias, stem_stride, stem_padding);
-  const int64_t N = stem.x.size(0), C = stem.x.size(1), H = stem.x.size(2), W = stem.x.size(3);
-  const MapShape stem_map{stem_weight.size(0), stem.Ho, stem.Wo};
-  const Body body = make_body("sad_network", stem_map, w, a, b, spec, inv_scale);
-  const MapShape last = body.maps.back();
-  TORCH_CHECK(head_weight.dim() >= 2 && head_weight.numel() == head_weight.size(0) * last.C &&
-              head_bias.numel() == head_weight.size(0),
-              "sad_network: the head's weight must be (classes, ", last.C, ") (or a 1x1 convolution's, (classes, ",
-              last.C, ", 1, 1)) and its bias (classes)");
-  const at::Tensor hw = head_weight.to(at::kFloat).reshape({head_weight.size(0), last.C}).contiguous();
-  const at::Tensor hb = head_bias.to(at::kFloat).contiguous();
-  const int64_t classes = hw.size(0);
-  at::Tensor logits = at::empty({N, classes}, stem.x.options());
-  auto images = [&](int64_t n0, int64_t count) {
-    BodyBuffers& buf = thread_buffers();
-    if (buf.stem.size() < static_cast<size_t>(count * stem_map.values())) buf.stem.resize(count * stem_map.values());
-    if (buf.last.size() < static_cast<size_t>(count * last.values())) buf.last.resize(count * last.values());
-    small_conv_images({stem.x.data_ptr<float>() + n0 * C * H * W, stem.w.data_ptr<float>(), stem.b.data_ptr<float>(),
-                       buf.stem.data(), H, W, C, stem_map.C, stem_weight.size(2), stem_stride, stem_padding, stem.Ho,
-                       stem.Wo, stem_relu}, count);
-    body.run(buf.stem.data(), buf.last.data(), 0, count);
-    global_mean_linear(buf.last.data(), count, last, hw.data_ptr<float>(), hb.data_ptr<float>(), classes,
-                       logits.data_ptr<float>() + n0 * classes);
-  };
-  for_images(N, images);
-  return logits;
-}
+// ---- kernel objects: made once, called many times ------------------------------------------------------------
+//
+// Passing ResNet-20's layers to an operator at every call (57 tensors and 200 numbers) cost more than its stem
+// and classifier together at batch 1, and gathering them in Python as much again; a call of a torch class's
+// method costs a few microseconds. So the body and the whole network are objects that hold what they were
+// given: the modules' own tensors (values written into them in place are used) and copies derived from them
+// (the packed filters, the stem's filters reordered), made again when their source's version changes, as
+// Int8Adder2d.packed_filters does. Tensors replaced in the modules are the caller's to notice (the Python
+// modules make a new object). The layers' checks run at every call (they need the input's size).
+
+namespace {
+
+// A copy derived from a tensor, made again when the tensor's version changes (tensors made under
+// inference_mode have no version counter: theirs is made once)
+struct Derived {
+  at::Tensor source, copy;
+  int64_t version = -1;
+  template <typename Make>
+  const at::Tensor& get(const Make& make) {
+    const int64_t now = source.is_inference() ? -1 : static_cast<int64_t>(source._version());
+    if (!copy.defined() || now != version) copy = make(source), version = now;
+    return copy;
+  }
+};
+
+}  // namespace
+
+// The int8 adder layers of a network's body (see "a network's body in one call" above). Per layer l: qweight[l] (uint8 (O, C, kh,
+// kw)), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale) and spec[kSpec * l ...] = kh,
+// kw, stride, padding, zero_point, input channels, input map, residual map (-1: none), relu. Layer l writes
+// map l + 1; map 0 is the input; a layer reads maps written before it.
+class Layers : public torch::CustomClassHolder {
+ public:
+  Layers(std::vector<at::Tensor> qweight, std::vector<at::Tensor> a, std::vector<at::Tensor> b,
+         std::vector<int64_t> spec, std::vector<double> inv_scale)
+      : a_(std::move(a)), b_(std::move(b)), spec_(std::move(spec)), inv_scale_(std::move(inv_scale)) {
+    for (at::Tensor& w : qweight) filters_.push_back({std::move(w)});
+  }
+
+  // The layers for an input map of input_map's shape, checked; packed, the filters they read (held by the caller
+  // for the call: another call may pack them again meanwhile).
+  Body body(const char* op, const MapShape& input_map, std::vector<at::Tensor>& packed) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      packed.clear();
+      for (Derived& w : filters_) packed.push_back(w.get([](const at::Tensor& qw) { return sad_pack(qw); }));
+    }
+    return make_body(op, input_map, packed, a_, b_, spec_, inv_scale_);
+  }
+
+  // x: float (N, C, H, W), best channels last; returns the last map (N, O, Ho, Wo), channels last
+  at::Tensor forward(const at::Tensor& input) {
+    TORCH_CHECK(input.dim() == 4 && input.size(0) > 0, "x must be (N, C, H, W) with at least one image");
+    const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    std::vector<at::Tensor> packed;
+    const Body layers = body("Layers", {x.size(1), x.size(2), x.size(3)}, packed);
+    const MapShape out = layers.maps.back();
+    at::Tensor y = at::empty({x.size(0), out.C, out.H, out.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const float* xs = x.data_ptr<float>();
+    float* ys = y.data_ptr<float>();
+    for_images(x.size(0), [&](int64_t n0, int64_t count) { layers.run(xs, ys, n0, count); });
+    return y;
+  }
+
+ private:
+  std::vector<Derived> filters_;
+  std::vector<at::Tensor> a_, b_;
+  std::vector<int64_t> spec_;
+  std::vector<double> inv_scale_;
+  std::mutex mutex_;
+};
+
+// A ResNet in one call: the float stem (small_conv), the body's Layers (the stem's map their input), then the
+// global mean of the last map and a linear classifier (head_weight (classes, channels) or a 1x1 convolution's,
+// head_bias (classes), float32). Threads take whole images through all of it, as in Layers (fewer images
+// than threads: the stem shares its rows and the body its positions among them; the head, a few thousand
+// operations an image, runs on one).
+class Network : public torch::CustomClassHolder {
+ public:
+  Network(c10::intrusive_ptr<Layers> layers, at::Tensor stem_weight, at::Tensor stem_bias, int64_t stem_stride,
+          int64_t stem_padding, bool stem_relu, at::Tensor head_weight, at::Tensor head_bias)
+      : layers_(std::move(layers)), stem_filters_{std::move(stem_weight)}, stem_bias_(std::move(stem_bias)),
+        head_weight_(std::move(head_weight)), head_bias_(std::move(head_bias)), stem_stride_(stem_stride),
+        stem_padding_(stem_padding), stem_relu_(stem_relu) {
+    const at::Tensor& w = stem_filters_.source;
+    TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3) && stem_bias_.numel() == w.size(0) &&
+                stem_bias_.scalar_type() == at::kFloat && stem_bias_.is_contiguous() && stem_stride_ >= 1 &&
+                stem_padding_ >= 0, "Network: the stem needs a square (O, C, k, k) weight, O float32 biases, "
+                "stride >= 1 and padding >= 0");
+  }
+
+  // x: float images (N, C, H, W); returns the logits (N, classes)
+  at::Tensor forward(const at::Tensor& input) {
+    const at::Tensor& weight = stem_filters_.source;
+    TORCH_CHECK(input.dim() == 4 && input.size(0) > 0 && input.size(1) == weight.size(1),
+                "Network: x must be (N, ", weight.size(1), ", H, W) with at least one image");
+    const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), k = weight.size(2);
+    TORCH_CHECK(H + 2 * stem_padding_ >= k && W + 2 * stem_padding_ >= k,
+                "Network: the stem's kernel is larger than the padded image");
+    const MapShape stem_map{weight.size(0), (H + 2 * stem_padding_ - k) / stem_stride_ + 1,
+                            (W + 2 * stem_padding_ - k) / stem_stride_ + 1};
+    at::Tensor stem_filters;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stem_filters = stem_filters_.get(small_conv_filters);
+    }
+    std::vector<at::Tensor> packed;
+    const Body body = layers_->body("Network", stem_map, packed);
+    const MapShape last = body.maps.back();
+    TORCH_CHECK(head_weight_.dim() >= 2 && head_weight_.numel() == head_weight_.size(0) * last.C &&
+                head_bias_.numel() == head_weight_.size(0) && head_weight_.scalar_type() == at::kFloat &&
+                head_bias_.scalar_type() == at::kFloat && head_weight_.is_contiguous() && head_bias_.is_contiguous(),
+                "Network: the head's weight must be float32 (classes, ", last.C,
+                ") (or a 1x1 convolution's, (classes, ", last.C, ", 1, 1)) and its bias (classes)");
+    const int64_t classes = head_weight_.size(0);
+    at::Tensor logits = at::empty({N, classes}, x.options());
+    const float* xs = x.data_ptr<float>();
+    const SmallConv stem{nullptr, stem_filters.data_ptr<float>(), stem_bias_.data_ptr<float>(), nullptr, H, W, C,
+                         stem_map.C, k, stem_stride_, stem_padding_, stem_map.H, stem_map.W, stem_relu_};
+    const float *hw = head_weight_.data_ptr<float>(), *hb = head_bias_.data_ptr<float>();
+    float* out = logits.data_ptr<float>();
+    for_images(N, [&](int64_t n0, int64_t count) {
+      BodyBuffers& buf = thread_buffers();
+      if (buf.stem.size() < static_cast<size_t>(count * stem_map.values())) buf.stem.resize(count * stem_map.values());
+      if (buf.last.size() < static_cast<size_t>(count * last.values())) buf.last.resize(count * last.values());
+      SmallConv images = stem;
+      images.x = xs + n0 * C * H * W;
+      images.y = buf.stem.data();
+      small_conv_images(images, count);
+      body.run(buf.stem.data(), buf.last.data(), 0, count);
+      global_mean_linear(buf.last.data(), count, last, hw, hb, classes, out + n0 * classes);
+    });
+    return logits;
+  }
+
+ private:
+  c10::intrusive_ptr<Layers> layers_;
+  Derived stem_filters_;
+  at::Tensor stem_bias_, head_weight_, head_bias_;
+  int64_t stem_stride_, stem_padding_;
+  bool stem_relu_;
+  std::mutex mutex_;
+};
 
 #ifdef ADDERNET_X86
 // The limits the kernel is judged against, measured rather than taken from tables (a VM's clock is unknown):
@@ -1224,22 +1332,24 @@ std::vector<double> sad_limit(int64_t threads) {
 TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_forward(Tensor x, float inv_scale, int zero_point, Tensor w, int kh, int kw, int stride, int padding, "
         "Tensor a, Tensor b, Tensor? residual, bool relu) -> Tensor");
-  m.def("sad_body(Tensor x, Tensor[] w, Tensor[] a, Tensor[] b, int[] spec, float[] inv_scale) -> Tensor");
   m.def("sad_sums(Tensor x, Tensor w, int filters, int kh, int kw, int stride, int repeats=1) -> Tensor");
   m.def("sad_isa() -> str", &sad_isa);
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
   m.def("sad_limit(int threads) -> float[]", &sad_limit);
   m.def("small_conv(Tensor x, Tensor weight, Tensor bias, int stride, int padding, bool relu) -> Tensor");
-  m.def("sad_network(Tensor x, Tensor[] w, Tensor[] a, Tensor[] b, int[] spec, float[] inv_scale, "
-        "Tensor stem_weight, Tensor stem_bias, int stem_stride, int stem_padding, bool stem_relu, "
-        "Tensor head_weight, Tensor head_bias) -> Tensor");
+  m.class_<Layers>("Layers")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
+                       std::vector<double>>())
+      .def("forward", &Layers::forward);
+  m.class_<Network>("Network")
+      .def(torch::init<c10::intrusive_ptr<Layers>, at::Tensor, at::Tensor, int64_t, int64_t, bool, at::Tensor,
+                       at::Tensor>())
+      .def("forward", &Network::forward);
   m.def("small_conv_is_fast(int filters) -> bool", &small_conv_is_fast);
 }
 
 TORCH_LIBRARY_IMPL(addernet_int8, CPU, m) {
   m.impl("sad_forward", sad_forward);
-  m.impl("sad_body", sad_body);
   m.impl("sad_sums", sad_sums);
   m.impl("small_conv", small_conv);
-  m.impl("sad_network", sad_network);
 }
