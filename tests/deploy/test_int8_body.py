@@ -171,12 +171,17 @@ def test_the_body_keeps_the_state_dict_and_uses_filters_loaded_changed_or_replac
 @needs_kernel
 def test_a_network_made_and_run_under_inference_mode():
     """Tensors made under torch.inference_mode have no version counter: the body, and the whole network's
-    kernel object, run on identities there."""
+    kernel object, run on identities there; the stem's filters (a small copy) are made afresh at every call,
+    so values written into them in place are used."""
     with torch.inference_mode():
         net = quantized_resnet()
         x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
         features = net.stem(x)
         torch.testing.assert_close(net.stages(features), packed_afresh(net, features), rtol=0, atol=0)
+        before = net(x)
+        torch.testing.assert_close(before, net.model(x), rtol=1e-5, atol=1e-5)
+        net.stem[0].weight.copy_(net.stem[0].weight.roll(1, dims=1))
+        assert not torch.equal(net(x), before)
         torch.testing.assert_close(net(x), net.model(x), rtol=1e-5, atol=1e-5)
 
 

@@ -2,6 +2,7 @@
 modules one by one."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -83,19 +84,22 @@ def test_the_network_keeps_the_models_state_dict_and_interface():
 
 @needs_kernel
 def test_the_network_uses_tensors_loaded_changed_or_replaced_after_its_first_call():
-    """The kernel object is made once and kept: values written into the tensors it holds, filters changed in
-    place (packed again by their version), and tensors or modules replaced in the model are all used, each
-    result equal to the parts' own calls one by one."""
+    """The kernel object is made once and kept: values written into the tensors it holds (in place, or through
+    ``.data``, which changes no version), filters changed in place (packed again), and tensors, settings or
+    modules replaced in the model are all used, each result equal to the parts' own calls one by one."""
     net = quantized_resnet()
     layer, stem = net.stages[2][2].conv2, net.stem[0]
     x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     state["stages.2.2.conv2.qweight"] = layer.qweight.flip(0)
     changes = [lambda: stem.weight.copy_(stem.weight.roll(1, dims=1)),  # colour channels swapped
+               lambda: setattr(stem.weight, "data", stem.weight.data.roll(1, dims=1).clone()),
                lambda: setattr(stem, "bias", torch.nn.Parameter(stem.bias.flip(0))),
+               lambda: setattr(stem, "padding", (0, 0)),  # a smaller map through every layer
                lambda: net.fc.weight.mul_(-1.0),
                lambda: net.load_state_dict(state),
                lambda: layer.qweight.copy_(layer.qweight.roll(1, dims=1)),
+               lambda: setattr(layer.qweight, "data", layer.qweight.data.roll(1, dims=1).clone()),
                lambda: setattr(layer, "qweight", layer.qweight.flip(0).clone()),
                lambda: layer.a.mul_(1.1),
                lambda: setattr(layer, "b", layer.b + 0.1),
@@ -105,13 +109,40 @@ def test_the_network_uses_tensors_loaded_changed_or_replaced_after_its_first_cal
         made = net._kernel_network()
         for change in changes:
             change()
+            assert isinstance(net._kernel_network(), torch.ScriptObject)  # still the one call, not the parts
             results.append(net(x))
             assert not torch.equal(results[-2], results[-1])  # the change is used, not what was seen before
             torch.testing.assert_close(results[-1], net.model(x), rtol=1e-5, atol=1e-5)
-        assert net._kernel_network() is not made  # made again for the replaced tensors and module
+        assert net._kernel_network() is not made  # made again for the replaced tensors, settings and module
         kept = net._kernel_network()
         layer.a.mul_(0.5)
-        assert net._kernel_network() is kept  # values written in place need no new object
+        net.stem[0].bias.data = net.stem[0].bias.data + 1.0
+        assert net._kernel_network() is kept  # values written into its tensors need no new object
+
+
+@needs_kernel
+def test_a_stem_changed_through_data_to_the_wrong_shape_is_refused():
+    """An assignment to ``.data`` changes neither the tensor's identity nor its version: the call checks the
+    tensors as they are, and refuses a bias that no longer fits, rather than reading past its end."""
+    net = quantized_resnet()
+    x = torch.randn(1, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        net(x)
+        net.stem[0].bias.data = torch.zeros(8)
+        with pytest.raises(RuntimeError, match="the stem needs 16 float32 biases"):
+            net(x)
+
+
+@needs_kernel
+def test_a_network_pickled_after_its_first_call_runs_alike():
+    """The kernel object is not pickled (nor copied): a copy makes its own."""
+    net = quantized_resnet()
+    x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = net(x)
+        for copy_of in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net)):
+            assert torch.equal(copy_of(x), expected)
+            assert copy_of._kernel_network() is not net._kernel_network()
 
 
 @needs_kernel

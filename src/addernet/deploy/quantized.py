@@ -139,26 +139,32 @@ def only_layer(sequence: nn.Module | None) -> nn.Module | None:
 
 class KeepsKernelObject:
     """For a module that runs as one kernel object (:func:`addernet.nn.kernels.int8.layers`, ``network``): the
-    object is made on first use and kept with what it was made from (modules, and tensors read straight from
-    their modules' dictionaries: module attribute lookups would cost about 1 us each), and made again where
-    any of those has been replaced since: an identity check of about 60 objects for ResNet-20, 4 us on AMD
-    Zen 5. Values written into the tensors in place need no new object (it holds the tensors themselves;
-    filters are packed again when their version changes). A copy or an unpickled module makes its own."""
+    object is made on first use and kept with what it was made from: modules, and the tensors and settings it
+    holds, each read from its place, a (dictionary, name) pair such as a module's ``_buffers`` and a name
+    (module attribute lookups would cost about 1 us each). It is made again where any of those has been
+    replaced since: an identity check of about 60 objects for ResNet-20, 4 us on AMD Zen 5. Values written into
+    the tensors, in place or through ``.data``, need no new object (it holds the tensors themselves and makes
+    its derived copies, such as packed filters, again when their version, storage or sizes change). Not seen:
+    modules replaced inside an :class:`Int8Body`'s stages (its blocks and layers are fixed when it is made) and
+    parametrized weights. A copy or an unpickled module makes its own."""
 
-    def kept(self, make: Callable[[], object], made_from: Callable[[], list]):
-        """The kept object, or ``make()``'s where ``made_from()`` (the objects it depends on, as they are now)
-        lists other objects than when it was made."""
+    def kept(self, make: Callable[[], tuple[object, list[tuple[dict, str]]]], modules: Callable[[], list]):
+        """The kept object, or the one ``make()`` returns with the places of what it holds, where ``modules()``
+        (the modules it depends on, as they are now) or those places hold other objects than when it was
+        made."""
         kept = self.__dict__.get("_kernel_object")
         if kept is not None:
-            now = made_from()
-            if len(now) == len(kept[1]) and all(map(operator.is_, now, kept[1])):
-                return kept[0]
-        made = make()
-        self.__dict__["_kernel_object"] = (made, made_from())
+            made, places, objects = kept
+            now = [*modules(), *map(dict.get, *places)]
+            if len(now) == len(objects) and all(map(operator.is_, now, objects)):
+                return made
+        made, pairs = make()
+        places = tuple(zip(*pairs)) or ((), ())  # (dictionaries, names)
+        self.__dict__["_kernel_object"] = (made, places, [*modules(), *map(dict.get, *places)])
         return made
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        state = dict(super().__getstate__())
         state.pop("_kernel_object", None)
         return state
 
@@ -173,7 +179,6 @@ class Int8Body(KeepsKernelObject, nn.Sequential):
     def __init__(self, stages: nn.Sequential | OrderedDict):
         super().__init__(OrderedDict(stages._modules) if isinstance(stages, nn.Module) else stages)
         self._plan: int8.BodyPlan | None = None  # made on first use
-        self._tensors: tuple = ()  # where the plan's layers keep their tensors
 
     @staticmethod
     def fits(stages: nn.Module) -> bool:
@@ -204,13 +209,12 @@ class Int8Body(KeepsKernelObject, nn.Sequential):
                     out = plan.add(layer, out, None, relu=True)
                 current = plan.add(block._layers[-1], out, identity, relu=True)
             self._plan = plan
-            self._tensors = tuple(zip(*plan.tensors()))  # (dictionaries, names)
         return self._plan
 
     def kernel_layers(self):
         """The kernel object of the layers (:func:`addernet.nn.kernels.int8.layers`), kept between calls."""
         plan = self.plan()
-        return self.kept(lambda: int8.layers(plan), lambda: list(map(dict.get, *self._tensors)))
+        return self.kept(lambda: (int8.layers(plan), plan.tensors()), list)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not int8.extension_available():
@@ -344,20 +348,15 @@ class Int8Network(KeepsKernelObject, nn.Module):
         stages = parts.get("stages")
         body = stages.kernel_layers() if isinstance(stages, Int8Body) and int8.extension_available() else None
 
-        def made_from() -> list:
-            return [body, *parts.values(), *getattr(parts.get("stem"), "_modules", {}).values(),
-                    *map(dict.get, *self.__dict__.get("_tensors", ((), ())))]
-
         def make():
             stem, fc = Int8Network._stem(parts), parts.get("fc")
-            if stem is None:
-                self.__dict__["_tensors"] = ((), ())
-                return None
-            self.__dict__["_tensors"] = tuple(zip(*((m._parameters, name) for m in (stem, fc)
-                                                    for name in ("weight", "bias"))))
-            return int8.network(stem, body, fc.weight, fc.bias)
+            if stem is None or body is None:
+                return None, []
+            places = [(m._parameters, name) for m in (stem, fc) for name in ("weight", "bias")]
+            places += [(stem.__dict__, name) for name in ("stride", "padding", "relu")]
+            return int8.network(stem, body, fc.weight, fc.bias), places
 
-        return self.kept(make, made_from)
+        return self.kept(make, lambda: [body, *parts.values(), *getattr(parts.get("stem"), "_modules", {}).values()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         network = None

@@ -137,13 +137,15 @@ def layers(plan: BodyPlan):
     same result as :func:`sad_forward` layer by layer, bit for bit, with images taken one at a time through all
     of them (threads take whole images) and the maps between layers in per-thread buffers kept between calls (as
     large as the largest call needed, until the process ends); returns the last layer's map. The object holds
-    the layers' tensors as they are now (values written into them in place are used; filters packed again when
-    their version changes; a tensor replaced in a layer needs a new object): made once, a call passes one
-    tensor, where passing ResNet-20's 57 at every call cost more than its stem and classifier together."""
+    the layers' tensors (values written into them, in place or through ``.data``, are used: filters are packed
+    again when their version, storage or sizes change; a tensor replaced in a layer needs a new object): made
+    once, a call passes one tensor, where passing ResNet-20's 57 at every call cost more than its stem and
+    classifier together."""
     if not extension_available():
         raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the body needs it")
-    qweight, a, b = ([layer._buffers[name] for layer in plan.layers] for name in ("qweight", "a", "b"))
-    return torch.classes.addernet_int8.Layers(qweight, a, b, plan.spec, plan.inv_scale)
+    tensors = [place[name] for place, name in plan.tensors()]
+    return torch.classes.addernet_int8.Layers(tensors[0::3], tensors[1::3], tensors[2::3], plan.spec,
+                                              plan.inv_scale)
 
 
 def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:

@@ -779,7 +779,8 @@ at::Tensor sad_pack(const at::Tensor& qw) {
   for (int64_t o = 0; o < O; ++o)
     for (int64_t u = 0; u < kh; ++u)
       for (int64_t k = 0; k < run; ++k)
-        dst[(((o / kLanes) * kh + u) * T + k / 8) * kLanes * 8 + (o % kLanes) * 8 + k % 8] = src[(o * kh + u) * run + k];
+        dst[(((o / kLanes) * kh + u) * T + k / 8) * kLanes * 8 + (o % kLanes) * 8 + k % 8] =
+            src[(o * kh + u) * run + k];
   return packed;
 }
 
@@ -1055,30 +1056,43 @@ void global_mean_linear(const float* maps, int64_t count, const MapShape& s, con
 // method costs a few microseconds. So the body and the whole network are objects that hold what they were
 // given: the modules' own tensors (values written into them in place are used) and copies derived from them
 // (the packed filters, the stem's filters reordered), made again when their source's version changes, as
-// Int8Adder2d.packed_filters does. Tensors replaced in the modules are the caller's to notice (the Python
-// modules make a new object). The layers' checks run at every call (they need the input's size).
+// Int8Adder2d.packed_filters does, or its storage or sizes (an assignment to .data changes those and not the
+// version). Tensors replaced in the modules are the caller's to notice (the Python modules make a new object).
+// The checks of every argument run at every call, on the tensors as they are then.
 
 namespace {
 
-// A copy derived from a tensor, made again when the tensor's version changes (tensors made under
-// inference_mode have no version counter: theirs is made once)
+// A copy derived from a tensor, made again when the tensor's version, storage or sizes change. Tensors made
+// under inference_mode have no version counter: values written into one in place are seen only where every call
+// makes the copy afresh (unversioned_afresh: for small copies).
 struct Derived {
-  at::Tensor source, copy;
+  at::Tensor source;
+  bool unversioned_afresh = false;
+  at::Tensor copy;
   int64_t version = -1;
+  const void* storage = nullptr;
+  std::vector<int64_t> sizes;
   template <typename Make>
   const at::Tensor& get(const Make& make) {
-    const int64_t now = source.is_inference() ? -1 : static_cast<int64_t>(source._version());
-    if (!copy.defined() || now != version) copy = make(source), version = now;
+    const bool unversioned = source.is_inference();
+    const int64_t now = unversioned ? -1 : static_cast<int64_t>(source._version());
+    if (!copy.defined() || now != version || source.data_ptr() != storage || !source.sizes().equals(sizes) ||
+        (unversioned && unversioned_afresh)) {
+      copy = make(source);
+      version = now;
+      storage = source.data_ptr();
+      sizes = source.sizes().vec();
+    }
     return copy;
   }
 };
 
 }  // namespace
 
-// The int8 adder layers of a network's body (see "a network's body in one call" above). Per layer l: qweight[l] (uint8 (O, C, kh,
-// kw)), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale) and spec[kSpec * l ...] = kh,
-// kw, stride, padding, zero_point, input channels, input map, residual map (-1: none), relu. Layer l writes
-// map l + 1; map 0 is the input; a layer reads maps written before it.
+// The int8 adder layers of a network's body (see "a network's body in one call" above). Per layer l:
+// qweight[l] (uint8 (O, C, kh, kw)), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale)
+// and spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input channels, input map, residual map (-1:
+// none), relu. Layer l writes map l + 1; map 0 is the input; a layer reads maps written before it.
 class Layers : public torch::CustomClassHolder {
  public:
   Layers(std::vector<at::Tensor> qweight, std::vector<at::Tensor> a, std::vector<at::Tensor> b,
@@ -1105,7 +1119,8 @@ class Layers : public torch::CustomClassHolder {
     std::vector<at::Tensor> packed;
     const Body layers = body("Layers", {x.size(1), x.size(2), x.size(3)}, packed);
     const MapShape out = layers.maps.back();
-    at::Tensor y = at::empty({x.size(0), out.C, out.H, out.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    at::Tensor y = at::empty({x.size(0), out.C, out.H, out.W},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
     const float* xs = x.data_ptr<float>();
     float* ys = y.data_ptr<float>();
     for_images(x.size(0), [&](int64_t n0, int64_t count) { layers.run(xs, ys, n0, count); });
@@ -1129,32 +1144,33 @@ class Network : public torch::CustomClassHolder {
  public:
   Network(c10::intrusive_ptr<Layers> layers, at::Tensor stem_weight, at::Tensor stem_bias, int64_t stem_stride,
           int64_t stem_padding, bool stem_relu, at::Tensor head_weight, at::Tensor head_bias)
-      : layers_(std::move(layers)), stem_filters_{std::move(stem_weight)}, stem_bias_(std::move(stem_bias)),
+      : layers_(std::move(layers)), stem_filters_{std::move(stem_weight), true}, stem_bias_(std::move(stem_bias)),
         head_weight_(std::move(head_weight)), head_bias_(std::move(head_bias)), stem_stride_(stem_stride),
         stem_padding_(stem_padding), stem_relu_(stem_relu) {
-    const at::Tensor& w = stem_filters_.source;
-    TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3) && stem_bias_.numel() == w.size(0) &&
-                stem_bias_.scalar_type() == at::kFloat && stem_bias_.is_contiguous() && stem_stride_ >= 1 &&
-                stem_padding_ >= 0, "Network: the stem needs a square (O, C, k, k) weight, O float32 biases, "
-                "stride >= 1 and padding >= 0");
+    TORCH_CHECK(stem_stride_ >= 1 && stem_padding_ >= 0, "Network: the stem needs stride >= 1 and padding >= 0");
   }
 
   // x: float images (N, C, H, W); returns the logits (N, classes)
   at::Tensor forward(const at::Tensor& input) {
-    const at::Tensor& weight = stem_filters_.source;
-    TORCH_CHECK(input.dim() == 4 && input.size(0) > 0 && input.size(1) == weight.size(1),
-                "Network: x must be (N, ", weight.size(1), ", H, W) with at least one image");
-    const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), k = weight.size(2);
-    TORCH_CHECK(H + 2 * stem_padding_ >= k && W + 2 * stem_padding_ >= k,
-                "Network: the stem's kernel is larger than the padded image");
-    const MapShape stem_map{weight.size(0), (H + 2 * stem_padding_ - k) / stem_stride_ + 1,
-                            (W + 2 * stem_padding_ - k) / stem_stride_ + 1};
-    at::Tensor stem_filters;
+    at::Tensor stem_filters;  // (k, k, C, O): the stem's geometry is read from this copy, the one the loop uses
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      const at::Tensor& w = stem_filters_.source;
+      TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3) && w.numel() > 0,
+                  "Network: the stem needs a square (O, C, k, k) weight");
       stem_filters = stem_filters_.get(small_conv_filters);
     }
+    const int64_t k = stem_filters.size(0), O = stem_filters.size(3);
+    TORCH_CHECK(stem_bias_.numel() == O && stem_bias_.scalar_type() == at::kFloat && stem_bias_.is_contiguous(),
+                "Network: the stem needs ", O, " float32 biases, contiguous");
+    TORCH_CHECK(input.dim() == 4 && input.size(0) > 0 && input.size(1) == stem_filters.size(2),
+                "Network: x must be (N, ", stem_filters.size(2), ", H, W) with at least one image");
+    const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    TORCH_CHECK(H + 2 * stem_padding_ >= k && W + 2 * stem_padding_ >= k,
+                "Network: the stem's kernel is larger than the padded image");
+    const MapShape stem_map{O, (H + 2 * stem_padding_ - k) / stem_stride_ + 1,
+                            (W + 2 * stem_padding_ - k) / stem_stride_ + 1};
     std::vector<at::Tensor> packed;
     const Body body = layers_->body("Network", stem_map, packed);
     const MapShape last = body.maps.back();
