@@ -103,6 +103,8 @@ def test_the_network_uses_tensors_loaded_changed_or_replaced_after_its_first_cal
                lambda: setattr(layer, "qweight", layer.qweight.flip(0).clone()),
                lambda: layer.a.mul_(1.1),
                lambda: setattr(layer, "b", layer.b + 0.1),
+               # a view of the same storage at the same address, of the same sizes: only its strides tell
+               lambda: setattr(stem.weight, "data", stem.weight.data.transpose(2, 3)),
                lambda: net.stem.__setitem__(0, type(stem).from_conv(torch.nn.Conv2d(3, 16, 3, padding=1), relu=True))]
     with torch.no_grad():
         results = [net(x)]
@@ -123,13 +125,19 @@ def test_the_network_uses_tensors_loaded_changed_or_replaced_after_its_first_cal
 @needs_kernel
 def test_a_stem_changed_through_data_to_the_wrong_shape_is_refused():
     """An assignment to ``.data`` changes neither the tensor's identity nor its version: the call checks the
-    tensors as they are, and refuses a bias that no longer fits, rather than reading past its end."""
-    net = quantized_resnet()
+    tensors as they are (the stem's copy made again from filters of new sizes), and refuses a bias that no
+    longer fits its filters, rather than reading past either's end."""
     x = torch.randn(1, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
+        net = quantized_resnet()
         net(x)
         net.stem[0].bias.data = torch.zeros(8)
         with pytest.raises(RuntimeError, match="the stem needs 16 float32 biases"):
+            net(x)
+        net = quantized_resnet()
+        net(x)
+        net.stem[0].weight.data = net.stem[0].weight.data[:8]  # the same address: only its sizes changed
+        with pytest.raises(RuntimeError, match="the stem needs 8 float32 biases"):
             net(x)
 
 

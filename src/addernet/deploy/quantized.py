@@ -93,13 +93,15 @@ class Int8Adder2d(nn.Module):
 
     def packed_filters(self) -> torch.Tensor:
         """``qweight`` in the kernel's layout (:func:`addernet.nn.kernels.int8.pack_filters`), packed again when the
-        filters changed (loaded, written in place, or replaced; writes through ``.data``, which PyTorch does
-        not count, are not seen)."""
+        filters changed: loaded, written in place, replaced, or given other storage through ``.data`` (which
+        changes no version: the storage packed from is held, so its address cannot come back with other data)."""
         w = self._buffers["qweight"]
-        if self._packed is None or not self._packed_from or self._packed_from[0] is not w \
-                or self._packed_from[1] != int8.version(w):
+        before = self._packed_from
+        if self._packed is None or not before or before[0] is not w or before[1] != int8.version(w) \
+                or before[2].data_ptr() != w.data_ptr() or before[2].shape != w.shape \
+                or before[2].stride() != w.stride():
             self._packed = int8.pack_filters(w)
-            self._packed_from = (w, int8.version(w))
+            self._packed_from = (w, int8.version(w), w.detach())  # w.detach(): the same storage, held
         return self._packed
 
     def extra_repr(self) -> str:
@@ -142,7 +144,7 @@ class KeepsKernelObject:
     object is made on first use and kept with what it was made from: modules, and the tensors and settings it
     holds, each read from its place, a (dictionary, name) pair such as a module's ``_buffers`` and a name
     (module attribute lookups would cost about 1 us each). It is made again where any of those has been
-    replaced since: an identity check of about 60 objects for ResNet-20, 4 us on AMD Zen 5. Values written into
+    replaced since: an identity check of about 75 objects for ResNet-20, 4-5 us on AMD Zen 5. Values written into
     the tensors, in place or through ``.data``, need no new object (it holds the tensors themselves and makes
     its derived copies, such as packed filters, again when their version, storage or sizes change). Not seen:
     modules replaced inside an :class:`Int8Body`'s stages (its blocks and layers are fixed when it is made) and

@@ -139,7 +139,7 @@ def layers(plan: BodyPlan):
     large as the largest call needed, until the process ends); returns the last layer's map. The object holds
     the layers' tensors (values written into them, in place or through ``.data``, are used: filters are packed
     again when their version, storage or sizes change; a tensor replaced in a layer needs a new object): made
-    once, a call passes one tensor, where passing ResNet-20's 57 at every call cost more than its stem and
+    once, a call passes one tensor, where passing ResNet-20's 60 at every call cost more than its stem and
     classifier together."""
     if not extension_available():
         raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the body needs it")

@@ -1051,37 +1051,46 @@ void global_mean_linear(const float* maps, int64_t count, const MapShape& s, con
 
 // ---- kernel objects: made once, called many times ------------------------------------------------------------
 //
-// Passing ResNet-20's layers to an operator at every call (57 tensors and 200 numbers) cost more than its stem
+// Passing ResNet-20's layers to an operator at every call (60 tensors and 200 numbers) cost more than its stem
 // and classifier together at batch 1, and gathering them in Python as much again; a call of a torch class's
 // method costs a few microseconds. So the body and the whole network are objects that hold what they were
 // given: the modules' own tensors (values written into them in place are used) and copies derived from them
 // (the packed filters, the stem's filters reordered), made again when their source's version changes, as
 // Int8Adder2d.packed_filters does, or its storage or sizes (an assignment to .data changes those and not the
 // version). Tensors replaced in the modules are the caller's to notice (the Python modules make a new object).
-// The checks of every argument run at every call, on the tensors as they are then.
+// The checks of every argument run at every call, on the tensors as they are then; a tensor's storage replaced
+// (through .data) by another thread during a call is not guarded against.
 
 namespace {
 
-// A copy derived from a tensor, made again when the tensor's version, storage or sizes change. Tensors made
-// under inference_mode have no version counter: values written into one in place are seen only where every call
-// makes the copy afresh (unversioned_afresh: for small copies).
+// A copy derived from a tensor, made again when the tensor's version or layout changes (its storage, held here
+// so that its address cannot come back with other data, offset, sizes, strides, type). Tensors made under
+// inference_mode have no version counter: values written into one in place are seen only where every call makes
+// the copy afresh (unversioned_afresh: for small copies).
 struct Derived {
   at::Tensor source;
   bool unversioned_afresh = false;
   at::Tensor copy;
   int64_t version = -1;
-  const void* storage = nullptr;
-  std::vector<int64_t> sizes;
+  c10::Storage storage;
+  int64_t offset = 0;
+  std::vector<int64_t> sizes, strides;
+  at::ScalarType type = at::kByte;
   template <typename Make>
   const at::Tensor& get(const Make& make) {
     const bool unversioned = source.is_inference();
     const int64_t now = unversioned ? -1 : static_cast<int64_t>(source._version());
-    if (!copy.defined() || now != version || source.data_ptr() != storage || !source.sizes().equals(sizes) ||
-        (unversioned && unversioned_afresh)) {
+    const bool same = copy.defined() && now == version && source.storage().is_alias_of(storage) &&
+                      source.storage_offset() == offset && source.sizes().equals(sizes) &&
+                      source.strides().equals(strides) && source.scalar_type() == type;
+    if (!same || (unversioned && unversioned_afresh)) {
       copy = make(source);
       version = now;
-      storage = source.data_ptr();
+      storage = source.storage();
+      offset = source.storage_offset();
       sizes = source.sizes().vec();
+      strides = source.strides().vec();
+      type = source.scalar_type();
     }
     return copy;
   }
