@@ -990,26 +990,27 @@ void small_conv_images(const SmallConv& p, int64_t N) {
 }
 
 // small_conv's checked arguments: x channels last, w (k, k, C, O), b; (Ho, Wo)
-struct SmallConvArgs {
-  at::Tensor x, w, b;
-  int64_t Ho, Wo;
-};
-
-// a stem's weight (O, C, k, k) in the loop's order (k, k, C, O), float32
+// a stem's weight (O, C, k, k), checked, in the loop's order (k, k, C, O), float32
 at::Tensor small_conv_filters(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.numel() > 0,
+              "the stem needs a square (O, C, k, k) weight");
   return weight.to(at::kFloat).permute({2, 3, 1, 0}).contiguous();
 }
 
-SmallConvArgs small_conv_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
-                              int64_t stride, int64_t padding) {
-  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4 && weight.size(2) == weight.size(3) &&
-              weight.size(1) == input.size(1) && bias.numel() == weight.size(0) && input.numel() > 0 &&
-              weight.numel() > 0, "small_conv: x (N, C, H, W), weight (O, C, k, k) and bias (O) do not fit");
-  TORCH_CHECK(stride >= 1 && padding >= 0, "small_conv: stride must be >= 1 and padding >= 0");
-  const int64_t H = input.size(2), W = input.size(3), k = weight.size(2);
-  TORCH_CHECK(H + 2 * padding >= k && W + 2 * padding >= k, "small_conv: the kernel is larger than the padded input");
-  return {input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast), small_conv_filters(weight),
-          bias.to(at::kFloat).contiguous(), (H + 2 * padding - k) / stride + 1, (W + 2 * padding - k) / stride + 1};
+// The loop's arguments for images x (float (N, C, H, W), channels last) through the filters of
+// small_conv_filters and their bias (float32, contiguous), checked; the output map's pointer left unset.
+SmallConv small_conv_args(const char* op, const at::Tensor& x, const at::Tensor& filters, const at::Tensor& bias,
+                          int64_t stride, int64_t padding, bool relu) {
+  const int64_t k = filters.size(0), C = filters.size(2), O = filters.size(3);
+  TORCH_CHECK(bias.numel() == O && bias.scalar_type() == at::kFloat && bias.is_contiguous(), op,
+              ": the stem needs ", O, " float32 biases, contiguous");
+  TORCH_CHECK(x.dim() == 4 && x.size(0) > 0 && x.size(1) == C && x.numel() > 0, op, ": x must be (N, ", C,
+              ", H, W) with at least one image");
+  TORCH_CHECK(stride >= 1 && padding >= 0, op, ": the stem needs stride >= 1 and padding >= 0");
+  const int64_t H = x.size(2), W = x.size(3);
+  TORCH_CHECK(H + 2 * padding >= k && W + 2 * padding >= k, op, ": the kernel is larger than the padded input");
+  return {x.data_ptr<float>(), filters.data_ptr<float>(), bias.data_ptr<float>(), nullptr, H, W, C, O, k, stride,
+          padding, (H + 2 * padding - k) / stride + 1, (W + 2 * padding - k) / stride + 1, relu};
 }
 
 }  // namespace
@@ -1017,11 +1018,13 @@ SmallConvArgs small_conv_args(const at::Tensor& input, const at::Tensor& weight,
 // x: float (N, C, H, W); weight (O, C, k, k); bias (O). Returns (N, O, Ho, Wo), channels last.
 at::Tensor small_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias, int64_t stride,
                       int64_t padding, bool relu) {
-  const SmallConvArgs c = small_conv_args(input, weight, bias, stride, padding);
-  const int64_t N = c.x.size(0), C = c.x.size(1), H = c.x.size(2), W = c.x.size(3), O = weight.size(0);
-  at::Tensor y = at::empty({N, O, c.Ho, c.Wo}, c.x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  small_conv_images({c.x.data_ptr<float>(), c.w.data_ptr<float>(), c.b.data_ptr<float>(), y.data_ptr<float>(), H,
-                     W, C, O, weight.size(2), stride, padding, c.Ho, c.Wo, relu}, N);
+  TORCH_CHECK(input.dim() == 4, "small_conv: x must be (N, C, H, W)");
+  const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor filters = small_conv_filters(weight), b = bias.to(at::kFloat).contiguous();
+  SmallConv p = small_conv_args("small_conv", x, filters, b, stride, padding, relu);
+  at::Tensor y = at::empty({x.size(0), p.O, p.Ho, p.Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  p.y = y.data_ptr<float>();
+  small_conv_images(p, x.size(0));
   return y;
 }
 
@@ -1156,7 +1159,6 @@ class Network : public torch::CustomClassHolder {
       : layers_(std::move(layers)), stem_filters_{std::move(stem_weight), true}, stem_bias_(std::move(stem_bias)),
         head_weight_(std::move(head_weight)), head_bias_(std::move(head_bias)), stem_stride_(stem_stride),
         stem_padding_(stem_padding), stem_relu_(stem_relu) {
-    TORCH_CHECK(stem_stride_ >= 1 && stem_padding_ >= 0, "Network: the stem needs stride >= 1 and padding >= 0");
   }
 
   // x: float images (N, C, H, W); returns the logits (N, classes)
@@ -1164,22 +1166,14 @@ class Network : public torch::CustomClassHolder {
     at::Tensor stem_filters;  // (k, k, C, O): the stem's geometry is read from this copy, the one the loop uses
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      const at::Tensor& w = stem_filters_.source;
-      TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3) && w.numel() > 0,
-                  "Network: the stem needs a square (O, C, k, k) weight");
       stem_filters = stem_filters_.get(small_conv_filters);
     }
-    const int64_t k = stem_filters.size(0), O = stem_filters.size(3);
-    TORCH_CHECK(stem_bias_.numel() == O && stem_bias_.scalar_type() == at::kFloat && stem_bias_.is_contiguous(),
-                "Network: the stem needs ", O, " float32 biases, contiguous");
-    TORCH_CHECK(input.dim() == 4 && input.size(0) > 0 && input.size(1) == stem_filters.size(2),
-                "Network: x must be (N, ", stem_filters.size(2), ", H, W) with at least one image");
+    TORCH_CHECK(input.dim() == 4, "Network: x must be (N, C, H, W)");
     const at::Tensor x = input.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    TORCH_CHECK(H + 2 * stem_padding_ >= k && W + 2 * stem_padding_ >= k,
-                "Network: the stem's kernel is larger than the padded image");
-    const MapShape stem_map{O, (H + 2 * stem_padding_ - k) / stem_stride_ + 1,
-                            (W + 2 * stem_padding_ - k) / stem_stride_ + 1};
+    const SmallConv stem = small_conv_args("Network", x, stem_filters, stem_bias_, stem_stride_, stem_padding_,
+                                           stem_relu_);
+    const int64_t N = x.size(0), C = stem.C, H = stem.H, W = stem.W;
+    const MapShape stem_map{stem.O, stem.Ho, stem.Wo};
     std::vector<at::Tensor> packed;
     const Body body = layers_->body("Network", stem_map, packed);
     const MapShape last = body.maps.back();
@@ -1191,8 +1185,6 @@ class Network : public torch::CustomClassHolder {
     const int64_t classes = head_weight_.size(0);
     at::Tensor logits = at::empty({N, classes}, x.options());
     const float* xs = x.data_ptr<float>();
-    const SmallConv stem{nullptr, stem_filters.data_ptr<float>(), stem_bias_.data_ptr<float>(), nullptr, H, W, C,
-                         stem_map.C, k, stem_stride_, stem_padding_, stem_map.H, stem_map.W, stem_relu_};
     const float *hw = head_weight_.data_ptr<float>(), *hb = head_bias_.data_ptr<float>();
     float* out = logits.data_ptr<float>();
     for_images(N, [&](int64_t n0, int64_t count) {
