@@ -142,6 +142,27 @@ def test_a_stem_changed_through_data_to_the_wrong_shape_is_refused():
 
 
 @needs_kernel
+def test_an_adder_layers_affine_map_changed_through_data_is_used_or_refused():
+    """The layers' plan is kept from call to call and made again where what it read of ``a`` and ``b`` changed:
+    new values at a new address are used; sizes that no longer fit the filters are refused (not read past)."""
+    x = torch.randn(1, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        net = quantized_resnet()
+        layer = net.stages[1][0].conv1
+        before = net(x)
+        layer.a.data = layer.a.data * 2.0  # the same sizes, new storage
+        after = net(x)
+        assert not torch.equal(before, after)
+        torch.testing.assert_close(after, net.model(x), rtol=1e-5, atol=1e-5)
+        layer.b.data = torch.zeros(layer.b.numel() + 1)
+        with pytest.raises(RuntimeError, match="one float32 value per filter"):
+            net(x)
+        layer.b.data = torch.zeros(2 * layer.b.numel())[::2]  # the right size, not contiguous
+        with pytest.raises(RuntimeError, match="one float32 value per filter"):
+            net(x)
+
+
+@needs_kernel
 def test_a_network_pickled_after_its_first_call_runs_alike():
     """The kernel object is not pickled (nor copied): a copy makes its own."""
     net = quantized_resnet()
