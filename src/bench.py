@@ -4,8 +4,9 @@ Prints per-layer tables (forward, forward+backward: time, elements per second, p
 ResNet-18 layer shapes, then whole-model ResNet-20 training and inference throughput, adder vs CNN twin,
 all measured side by side in one run.
 
-``--int8``: the int8 adder CPU kernels against PyTorch's CNNs. ``--thread-policy``: CPU threads and how they
-wait, on an idle machine (after a CPU-heavy minute) and with one core busy.
+``--int8``: the int8 adder CPU kernels against PyTorch's CNNs (``--runs N``: N times, then each goal over the
+runs). ``--thread-policy``: CPU threads and how they wait, on an idle machine (after a CPU-heavy minute) and
+with one core busy.
 ``--aot``: no GPU needed: compile every Triton
 kernel x autotune config x adder layer of every registered model for sm_90 and sm_80 and report registers,
 spills, shared memory, grids against CUDA's limits and the inner loops' instruction mix (exit status 1 if any
@@ -14,6 +15,7 @@ kernel fails to compile, spills or exceeds a grid limit).
 
 import argparse
 import json
+import time
 
 # addernet before torch: see addernet/__init__.py
 from addernet.experiments import benchmark, int8_benchmark, threads_benchmark
@@ -49,6 +51,9 @@ def main() -> None:
                              "the SAD instruction's measured limit, and the goals (batches 1 8 64 and 1 and 2 threads "
                              "unless --batch-size / --threads say otherwise)")
     parser.add_argument("--layer-batch", type=int, default=64, help="--int8: batch of the layers measured alone")
+    parser.add_argument("--runs", type=positive, default=1,
+                        help="--int8: run the whole benchmark this many times in a row and end with each goal's "
+                             "figure in every run and how many runs met it (--json then holds {\"runs\": [each run]})")
     parser.add_argument("--thread-policy", action="store_true",
                         help="CPU training speed by thread count and OpenMP wait policy, idle and with one core busy")
     parser.add_argument("--json", help="write all measurements to this file")
@@ -106,14 +111,29 @@ def main() -> None:
             json.dump(report, f, indent=2)
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def int8_report(args) -> None:
     print(f"# int8 inference on the CPU, torch {torch.__version__}\n", flush=True)
-    report = int8_benchmark.run("resnet20", [args.threads] if args.threads else [1, 2], args.batch_size or [1, 8, 64],
-                                args.layer_batch, args.warmup, args.repeats)
+    reports = []
+    for run in range(args.runs):
+        if args.runs > 1:
+            print(f"# Run {run + 1} of {args.runs} ({time.strftime('%H:%M:%S UTC', time.gmtime())})\n", flush=True)
+        reports.append(int8_benchmark.run("resnet20", [args.threads] if args.threads else [1, 2],
+                                          args.batch_size or [1, 8, 64], args.layer_batch, args.warmup,
+                                          args.repeats))
+        print(int8_benchmark.markdown(reports[-1]) + "\n", flush=True)
+    if args.runs > 1:
+        print(int8_benchmark.goals_over_runs(reports))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report.as_dict(), f, indent=2)
-    print(int8_benchmark.markdown(report))
+            json.dump(reports[0].as_dict() if args.runs == 1 else {"runs": [r.as_dict() for r in reports]}, f,
+                      indent=2)
 
 
 def aot_check(args) -> int:

@@ -51,9 +51,14 @@ def test_bench_covers_several_model_batch_sizes_with_set_threads(tmp_path):
 def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     out = tmp_path / "int8.json"
     result = run_script("bench.py", "--int8", "--batch-size", "2", "--threads", "1", "--layer-batch", "2",
-                        "--warmup", "0", "--repeats", "2", "--json", str(out), cwd=tmp_path)
+                        "--warmup", "0", "--repeats", "2", "--runs", "2", "--json", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 2 and result.stdout.count("## Against the goals\n") == 2
+    report = runs[0]
+    summary = result.stdout.split("## Against the goals, 2 runs")[1].strip().splitlines()
+    assert summary[0] == "| goal | run 1 | run 2 | met in |"
+    assert all(row.endswith((" of 2 |", "not judged |")) for row in summary[2:])
     (cell,) = report["cells"]
     assert cell["threads"] == 1 and cell["batch"] == 2 and cell["engine"] in ("x86", "onednn", "fbgemm")
     assert list(cell["img_per_s"]) == ["int8 adder", "fp32 CNN (channels last, same stem and head)",
@@ -69,7 +74,8 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     assert all(r["sums_terms_per_s"] > 0 for r in report["layers"])  # the inner loop, measured at 1 thread
     if "onednn" in torch.backends.quantized.supported_engines:
         assert any(line.startswith("oneDNN's int8 convolution: instruction set") for line in report["machine"])
-    goals = result.stdout.split("## Against the goals")[1].strip().splitlines()
+    goals = result.stdout.split("## Against the goals\n")[1].split("\n\n#")[0].strip().splitlines()
+    assert len(summary) == 2 + len(goals)
     # each goal judged from the run's own figures (the SAD-limit goal only where the CPU has the instruction;
     # thread scaling only when 1 and 2 threads both ran)
     assert len(goals) == 3 + bool(report["sad_limits"])
@@ -135,6 +141,21 @@ def test_the_goals_are_computed_from_the_reports_figures():
                              "CPU (neither AVX-512 nor VNNI); met")
     assert "| 64 | 50.000 |" in int8_benchmark.markdown(report_of(1_100.0))
     assert int8_benchmark.goals(report_of(800.0))[4].endswith("NOT met")  # 800 < 900 img/s
+
+
+def test_each_goal_is_counted_over_runs():
+    """Several runs: each goal's figure in every run, and in how many of the runs it was met (here the last goal,
+    the int8 CNN at 900 img/s, in the run at 1,100 and not in the run at 800); a goal not judged on a run's paths
+    is not counted as met or missed."""
+    table = int8_benchmark.goals_over_runs([report_of(1_100.0), report_of(800.0), report_of(1_100.0)])
+    rows = table.splitlines()
+    assert rows[0] == "## Against the goals, 3 runs"
+    assert rows[2] == "| goal | run 1 | run 2 | run 3 | met in |"
+    assert rows[4] == "| >= 2x the fp32 CNN twin | lowest 2.20x | lowest 1.60x | lowest 2.20x | 2 of 3 |"
+    assert rows[6] == "| inner loop >= 70% of the SAD limit, every shape | 80%, 60% | 80%, 60% | 80%, 60% | 0 of 3 |"
+    assert rows[-1] == "| >= PyTorch's int8 CNN, both on AVX2 | lowest 1.22x | lowest 0.89x | lowest 1.22x | 2 of 3 |"
+    held_to_nothing = int8_benchmark.goals_over_runs([report_of(1_100.0, avx512=True)] * 2)
+    assert held_to_nothing.splitlines()[-1].endswith("| lowest 1.22x | lowest 1.22x | not judged |")
 
 
 def test_on_a_cpu_with_avx512_pytorch_must_be_held_to_avx2_for_the_avx2_verdict():

@@ -20,7 +20,8 @@ than the absolute speeds when those drift (not always: a change of load within a
 - the int8 adder layer alone on ResNet-20's shapes against fp32 convolution, and its inner loop as a share of
   the SAD limit;
 - one against two threads on the same network, taking turns;
-- each of the int8 issue's goals, computed from the figures above, met or not.
+- each of the int8 issue's goals, computed from the figures above, met or not; with ``--runs N``, the whole
+  benchmark N times and then each goal's figure in every run and how many runs met it.
 """
 
 from __future__ import annotations
@@ -524,7 +525,17 @@ def instruction_shares(report: Report) -> str:
             f"image)")
 
 
-def goals(report: Report) -> list[str]:
+@dataclass
+class Goal:
+    """One goal of the int8 work as judged from one run: its name, the run's figure for it, the full line (the
+    figures it rests on) and whether it was met (None: not judged on this run's paths)."""
+    name: str
+    figure: str
+    line: str
+    met: bool | None
+
+
+def goal_results(report: Report) -> list[Goal]:
     """Each goal of the int8 work, computed from this run's figures."""
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -533,25 +544,32 @@ def goals(report: Report) -> list[str]:
     vs_fp32 = min(c.ratio(ADDER, CNN_FP32) for c in cells)
     vs_int8 = min(c.ratio(ADDER, CNN_INT8) for c in cells)
     share = min(network_share(c) for c in cells)
-    lines = [f"int8 adder >= 2x the fp32 CNN twin at every batch and thread count: lowest {vs_fp32:.2f}x, "
-             f"{verdict(vs_fp32 >= 2)}",
-             f"whole network >= 80% of its adder layers' summed kernel rate (the inner loop alone): lowest "
-             f"{share:.0%}, {verdict(share >= 0.8)}"]
+    results = [Goal(">= 2x the fp32 CNN twin", f"lowest {vs_fp32:.2f}x",
+                    f"int8 adder >= 2x the fp32 CNN twin at every batch and thread count: lowest {vs_fp32:.2f}x, "
+                    f"{verdict(vs_fp32 >= 2)}", vs_fp32 >= 2),
+               Goal("whole network >= 80% of its kernel's rate", f"lowest {share:.0%}",
+                    f"whole network >= 80% of its adder layers' summed kernel rate (the inner loop alone): lowest "
+                    f"{share:.0%}, {verdict(share >= 0.8)}", share >= 0.8)]
     core = core_limit(report)
     loops = {r.layer: r.sums_terms_per_s / core for r in report.layers if core and r.sums_terms_per_s}
     if loops:
-        lines.append("the inner loop (the sums alone, one thread) >= 70% of one core's SAD limit on every layer shape: "
-                     + ", ".join(f"{v:.0%} {name}" for name, v in loops.items()) +
-                     f"; {sum(v >= 0.7 for v in loops.values())} of {len(loops)} shapes at 70% or more, "
-                     f"{verdict(min(loops.values()) >= 0.7)}")
+        ok = min(loops.values()) >= 0.7
+        results.append(Goal("inner loop >= 70% of the SAD limit, every shape",
+                            ", ".join(f"{v:.0%}" for v in loops.values()),
+                            "the inner loop (the sums alone, one thread) >= 70% of one core's SAD limit on every layer "
+                            "shape: " + ", ".join(f"{v:.0%} {name}" for name, v in loops.items()) +
+                            f"; {sum(v >= 0.7 for v in loops.values())} of {len(loops)} shapes at 70% or more, "
+                            f"{verdict(ok)}", ok))
     if 1 in report.scaling and 2 in report.scaling:
         scaling = report.scaling[2] / report.scaling[1]
-        lines.append(f"2 threads >= 1.8x one thread at batch {report.scaling_batch} (side by side): {scaling:.2f}x, "
-                     f"{verdict(scaling >= 1.8)}")
+        results.append(Goal(f"2 threads >= 1.8x one thread, batch {report.scaling_batch}", f"{scaling:.2f}x",
+                            f"2 threads >= 1.8x one thread at batch {report.scaling_batch} (side by side): "
+                            f"{scaling:.2f}x, {verdict(scaling >= 1.8)}", scaling >= 1.8))
     if report.vnni and not report.onednn_cap:
-        lines.append(f"int8 adder vs PyTorch's int8 CNN twin on a CPU with VNNI: lowest {vs_int8:.2f}x (goal: as "
-                     f"close as the instruction rates allow; equal is the moonshot){instruction_shares(report)}; "
-                     f"{verdict(vs_int8 >= 1)} for equal")
+        results.append(Goal("equal to PyTorch's int8 CNN (VNNI; the moonshot)", f"lowest {vs_int8:.2f}x",
+                            f"int8 adder vs PyTorch's int8 CNN twin on a CPU with VNNI: lowest {vs_int8:.2f}x (goal: "
+                            f"as close as the instruction rates allow; equal is the moonshot)"
+                            f"{instruction_shares(report)}; {verdict(vs_int8 >= 1)} for equal", vs_int8 >= 1))
     else:
         # both at AVX2: the adder kernel's path, and PyTorch's: ATen's capability, and its int8 libraries held by
         # the CPU itself (neither AVX-512 nor VNNI) or by ONEDNN_MAX_CPU_ISA with oneDNN's own report (fbgemm
@@ -564,10 +582,32 @@ def goals(report: Report) -> list[str]:
         judged = report.adder_isa == "avx2" and pytorch_avx2
         held = "by the CPU (neither AVX-512 nor VNNI)" if by_cpu else f"by ONEDNN_MAX_CPU_ISA: {report.onednn}" \
             if by_cap else "not held"
-        lines.append(f"int8 adder >= PyTorch's int8 CNN twin at every batch and thread count, both on AVX2: lowest "
-                     f"{vs_int8:.2f}x; adder kernel {report.adder_isa}, PyTorch capability "
-                     f"{report.pytorch_capability or 'unknown'}, its int8 libraries {held}; " +
-                     (verdict(vs_int8 >= 1) if judged else
-                      "not judged (not both on AVX2: run with ADDERNET_SAD_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 "
-                      "ONEDNN_MAX_CPU_ISA=AVX2)"))
-    return lines
+        results.append(Goal(">= PyTorch's int8 CNN, both on AVX2", f"lowest {vs_int8:.2f}x",
+                            f"int8 adder >= PyTorch's int8 CNN twin at every batch and thread count, both on AVX2: "
+                            f"lowest {vs_int8:.2f}x; adder kernel {report.adder_isa}, PyTorch capability "
+                            f"{report.pytorch_capability or 'unknown'}, its int8 libraries {held}; " +
+                            (verdict(vs_int8 >= 1) if judged else
+                             "not judged (not both on AVX2: run with ADDERNET_SAD_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 "
+                             "ONEDNN_MAX_CPU_ISA=AVX2)"), vs_int8 >= 1 if judged else None))
+    return results
+
+
+def goals(report: Report) -> list[str]:
+    """Each goal's line for one run (:func:`goal_results`)."""
+    return [goal.line for goal in goal_results(report)]
+
+
+def goals_over_runs(reports: list[Report]) -> str:
+    """A table of each goal over several runs of the benchmark (each run side by side in itself): every run's
+    figure, and in how many runs the goal was met. On a shared or virtual machine whose speed moves within
+    minutes, one run's verdict says little; the runs together say how often the code meets each goal there."""
+    by_run = [goal_results(report) for report in reports]
+    header = " | ".join(f"run {i + 1}" for i in range(len(reports)))
+    rows = []
+    for i, goal in enumerate(by_run[0]):
+        verdicts = [run[i].met for run in by_run]
+        judged = [v for v in verdicts if v is not None]
+        met = f"{sum(judged)} of {len(judged)}" if judged else "not judged"
+        rows.append(f"| {goal.name} | " + " | ".join(run[i].figure for run in by_run) + f" | {met} |")
+    return (f"## Against the goals, {len(reports)} runs\n\n| goal | {header} | met in |\n"
+            f"|---|{'---|' * (len(reports) + 1)}\n" + "\n".join(rows))
