@@ -1,5 +1,6 @@
 import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ from addernet.models import create_model
 from addernet.deploy.quantized import (GlobalMean, Int8Adder2d, Int8ResidualBlock, PointwiseLinear, SmallConv2d,
                                        calibrate, load_exported, prepare_float_layers, quantize_model)
 from addernet.experiments.run import train
+from addernet.nn.kernels import int8
 from data_files import write_image_folders
 from hydra_helpers import run_script
+from int8_networks import needs_kernel
 
 
 def test_int8_layer_matches_the_float_adder_and_batchnorm_within_quantisation_error():
@@ -143,3 +146,35 @@ def test_preparing_the_float_layers_keeps_a_cnns_outputs():
     assert isinstance(prepared.stem[0], SmallConv2d) and prepared.stem[0].relu
     assert isinstance(prepared.pool, GlobalMean) and isinstance(prepared.fc, PointwiseLinear)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_a_layer_packs_its_filters_again_when_they_change():
+    """Int8Adder2d keeps its packed filters between calls: filters loaded, written in place, given other storage
+    or only other strides through ``.data``, or replaced are each used at the next call, which equals the
+    plain-PyTorch arithmetic on the filters as they are then; a pickled or copied layer runs alike."""
+    torch.manual_seed(0)
+    layer = Int8Adder2d(8, 8, 3, 1, 1, scale=0.05, zero_point=7)
+    layer.qweight.copy_(torch.randint(0, 256, layer.qweight.shape, dtype=torch.uint8))
+    layer.a.fill_(-0.01)
+    x = torch.rand(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+
+    def reference() -> torch.Tensor:
+        return int8.sad_forward_reference(x, layer.scale, layer.zero_point, layer.qweight, 1, 1, layer.a, layer.b)
+
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["qweight"] = layer.qweight.flip(0)
+    changes = [lambda: layer.load_state_dict(state),
+               lambda: layer.qweight.copy_(layer.qweight.roll(1, dims=1)),
+               lambda: setattr(layer.qweight, "data", layer.qweight.data.roll(1, dims=2).clone()),
+               lambda: setattr(layer.qweight, "data", layer.qweight.data.transpose(2, 3)),  # same storage
+               lambda: setattr(layer, "qweight", layer.qweight.flip(1).clone())]
+    with torch.no_grad():
+        results = [layer(x)]
+        for change in changes:
+            change()
+            results.append(layer(x))
+            assert not torch.equal(results[-2], results[-1])
+            torch.testing.assert_close(results[-1], reference(), rtol=0, atol=0)
+        for copy_of in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            torch.testing.assert_close(copy_of(x), results[-1], rtol=0, atol=0)
