@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -697,12 +698,16 @@ struct Body {
 };
 
 // fn(n0, count) for images [n0, n0 + count) of N: whole images for each thread where there are at least as many
-// as threads, else all of them together (fn then shares each layer's work among the threads)
+// as threads, else all of them together (fn then shares each layer's work among the threads). Each thread takes
+// the next image not yet taken, so a thread that starts late (woken from sleep) or runs slower (a core shared
+// with another program) takes fewer, and the others are not left waiting for it at the end.
 template <typename Images>
 void for_images(int64_t N, const Images& fn) {
-  if (N < at::get_num_threads()) return fn(0, N);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) fn(n, 1);
+  const int64_t threads = at::get_num_threads();
+  if (N < threads) return fn(0, N);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t n; (n = next.fetch_add(1, std::memory_order_relaxed)) < N;) fn(n, 1);
   });
 }
 
