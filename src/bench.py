@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--aot-details", help="write one row per kernel x config x layer x dtype x arch to this "
                         "markdown file")
     args = parser.parse_args()
+    if args.runs != 1 and not args.int8:
+        parser.error("--runs repeats the int8 benchmark: add --int8")
     if args.aot:
         raise SystemExit(aot_check(args))
     if args.thread_policy:
@@ -112,9 +114,12 @@ def main() -> None:
 
 
 def positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, not {text!r}")
     return value
 
 
@@ -128,12 +133,12 @@ def int8_report(args) -> None:
                                           args.batch_size or [1, 8, 64], args.layer_batch, args.warmup,
                                           args.repeats))
         print(int8_benchmark.markdown(reports[-1]) + "\n", flush=True)
+        if args.json:  # after each run: an interrupted series keeps the runs it finished
+            with open(args.json, "w") as f:
+                json.dump(reports[0].as_dict() if args.runs == 1 else {"runs": [r.as_dict() for r in reports]}, f,
+                          indent=2)
     if args.runs > 1:
         print(int8_benchmark.goals_over_runs(reports))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(reports[0].as_dict() if args.runs == 1 else {"runs": [r.as_dict() for r in reports]}, f,
-                      indent=2)
 
 
 def aot_check(args) -> int:

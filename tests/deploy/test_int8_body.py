@@ -13,13 +13,14 @@ from int8_networks import needs_kernel, quantized_resnet
 
 
 @needs_kernel
-@pytest.mark.parametrize("threads, batch, size", [(1, 1, 12), (1, 3, 12), (2, 1, 12), (2, 3, 12), (4, 3, 32)])
+@pytest.mark.parametrize("threads, batch, size",
+                         [(1, 1, 12), (1, 3, 12), (2, 1, 12), (2, 3, 12), (2, 7, 12), (4, 3, 32)])
 def test_the_body_gives_the_layers_results_bit_for_bit(threads, batch, size):
-    """Images one at a time through the layers (batch >= threads: threads take whole images) or all images
-    through each layer (fewer images than threads; at 32 x 32 the first stage's layers are large enough for
-    their positions to be split among the threads), residual blocks with and without a 1x1 shortcut, maps of
-    every stage: the same floats as each layer called alone; then a smaller call after the larger one (the
-    buffers kept between calls) the same as its layers too."""
+    """Images one at a time through the layers (batch >= threads: threads take whole images, each the next one not
+    yet taken) or all images through each layer (fewer images than threads; at 32 x 32 the first stage's layers are
+    large enough for their positions to be split among the threads), residual blocks with and without a 1x1
+    shortcut, maps of every stage: the same floats as each layer called alone; then a smaller call after the larger
+    one (the buffers kept between calls) the same as its layers too."""
     net = quantized_resnet(size=size)
     assert isinstance(net.stages, Int8Body)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)

@@ -143,8 +143,9 @@ def test_a_stem_changed_through_data_to_the_wrong_shape_is_refused():
 
 @needs_kernel
 def test_an_adder_layers_affine_map_changed_through_data_is_used_or_refused():
-    """The layers' plan is kept from call to call and made again where what it read of ``a`` and ``b`` changed:
-    new values at a new address are used; sizes that no longer fit the filters are refused (not read past)."""
+    """The layers' ``a`` and ``b`` are read as they are at each call, after the object was made: new values at
+    a new address are used; a size that no longer fits the filters, or a layout that is not contiguous, is
+    refused (not read past)."""
     x = torch.randn(1, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         net = quantized_resnet()

@@ -171,6 +171,7 @@ def test_a_layer_packs_its_filters_again_when_they_change():
                lambda: setattr(layer, "qweight", layer.qweight.flip(1).clone())]
     with torch.no_grad():
         results = [layer(x)]
+        assert layer.packed_filters() is layer.packed_filters()  # kept, not packed at every call
         for change in changes:
             change()
             results.append(layer(x))

@@ -156,6 +156,22 @@ def test_each_goal_is_counted_over_runs():
     assert rows[-1] == "| >= PyTorch's int8 CNN, both on AVX2 | lowest 1.22x | lowest 0.89x | lowest 1.22x | 2 of 3 |"
     held_to_nothing = int8_benchmark.goals_over_runs([report_of(1_100.0, avx512=True)] * 2)
     assert held_to_nothing.splitlines()[-1].endswith("| lowest 1.22x | lowest 1.22x | not judged |")
+    # runs that judged a goal and runs that did not (held to AVX2 or not), and a run without the 2-thread goal
+    mixed = [report_of(800.0, avx512=True), report_of(1_100.0, avx512=True, cap="AVX2", isa="avx2",
+                                                      onednn="oneDNN's int8 convolution: instruction set Intel AVX2")]
+    mixed[0].scaling = {}
+    rows = int8_benchmark.goals_over_runs(mixed).splitlines()
+    assert rows[-1] == "| >= PyTorch's int8 CNN, both on AVX2 | lowest 0.89x | lowest 1.22x | 1 of 1 |"
+    assert "| 2 threads >= 1.8x one thread, batch 64 | - | 1.90x | 1 of 1 |" in rows
+
+
+def test_bad_runs_are_refused_in_one_line(tmp_path):
+    for args, message in ((["--int8", "--runs", "0"], "--runs: must be a whole number, 1 or more, not '0'"),
+                          (["--int8", "--runs", "two"], "--runs: must be a whole number, 1 or more, not 'two'"),
+                          (["--runs", "2"], "--runs repeats the int8 benchmark: add --int8")):
+        result = run_script("bench.py", *args, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr.splitlines()[-1]
+        assert "Traceback" not in result.stderr
 
 
 def test_on_a_cpu_with_avx512_pytorch_must_be_held_to_avx2_for_the_avx2_verdict():

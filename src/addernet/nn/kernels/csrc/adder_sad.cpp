@@ -707,7 +707,12 @@ void for_images(int64_t N, const Images& fn) {
   if (N < threads) return fn(0, N);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t n; (n = next.fetch_add(1, std::memory_order_relaxed)) < N;) fn(n, 1);
+    try {
+      for (int64_t n; (n = next.fetch_add(1, std::memory_order_relaxed)) < N;) fn(n, 1);
+    } catch (...) {
+      next.store(N);  // the others stop at their next image; parallel_for passes the error on
+      throw;
+    }
   });
 }
 
