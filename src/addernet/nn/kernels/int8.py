@@ -133,14 +133,13 @@ class BodyPlan:
 
 
 def layers(plan: BodyPlan):
-    """The layers of ``plan`` as one kernel object (needs the extension): ``layers(plan).forward(x)`` gives the
-    same result as :func:`sad_forward` layer by layer, bit for bit, with images taken one at a time through all
-    of them (threads take whole images, each the next one not yet taken) and the maps between layers in
-    per-thread buffers kept between calls (as large as the largest call needed, until the process ends);
-    returns the last layer's map. The object holds
-    the layers' tensors (values written into them, in place or through ``.data``, are used: filters are packed
-    again when their version, storage or sizes change; a tensor replaced in a layer needs a new object): made
-    once, a call passes one tensor, where passing ResNet-20's 60 at every call cost more than its stem and
+    """The layers of ``plan`` as one kernel object (needs the extension): ``layers(plan).forward(x)`` gives the same
+    result as :func:`sad_forward` layer by layer, bit for bit, with images taken one at a time through all of them
+    (threads take whole images, each the next one not yet taken) and the maps between layers in per-thread buffers
+    kept between calls (as large as the largest call needed, until the process ends); returns the last layer's map.
+    The object holds the layers' tensors (values written into them, in place or through ``.data``, are used: filters
+    are packed again when their version, storage or sizes change; a tensor replaced in a layer needs a new object):
+    made once, a call passes one tensor, where passing ResNet-20's 60 at every call cost more than its stem and
     classifier together."""
     if not extension_available():
         raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the body needs it")
