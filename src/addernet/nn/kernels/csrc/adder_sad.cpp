@@ -999,7 +999,6 @@ void small_conv_images(const SmallConv& p, int64_t N) {
   at::parallel_for(0, N * p.Ho, grain, [&](int64_t begin, int64_t end) { small_conv_range(p, begin, end); });
 }
 
-// small_conv's checked arguments: x channels last, w (k, k, C, O), b; (Ho, Wo)
 // a stem's weight (O, C, k, k), checked, in the loop's order (k, k, C, O), float32
 at::Tensor small_conv_filters(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == weight.size(3) && weight.numel() > 0,
