@@ -67,11 +67,6 @@ def side_by_side(fns: dict[str, Callable[[], object]], warmup: int, repeats: int
     return {name: statistics.median(t) for name, t in timings(fns, warmup, repeats).items()}
 
 
-def best_of(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    """The shortest time of each function, the functions taking turns."""
-    return {name: min(t) for name, t in timings(fns, warmup, repeats).items()}
-
-
 # ---- the machine ---------------------------------------------------------------------------------------------
 
 def cpuinfo() -> dict[str, str]:
@@ -274,7 +269,7 @@ class Cell:
 ADDER, CNN_FP32, CNN_INT8 = "int8 adder", "fp32 CNN (channels last, same stem and head)", "int8 CNN (PyTorch)"
 ADDERS, REST = "adder layers (int8 kernel, one call)", "rest (the whole minus the parts)"
 KERNEL_ALONE = "the kernel alone (inner loop), the adder layers summed"
-BEST_WHOLE = "whole network, best of its calls"
+BEST_WHOLE = "whole network, its best run of calls"
 
 
 def measure_cell(name: str, batch: int, warmup: int, repeats: int) -> Cell:
@@ -319,11 +314,13 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     classifier, and the rest, the whole minus the parts (medians): below zero where the whole network runs as
     one call and so saves the parts' own calls (Python, dispatch, a pass through memory), above it where
     Python runs between the parts.
-    Also the kernel alone: each adder layer's inner loop (:func:`inner_loop_seconds`, one thread) on its first
+    Also the kernel alone: each adder layer's inner loop (:func:`inner_loop_timer`, one thread) on its first
     image's input in the network, summed over the layers, times the images the busiest thread takes: the
     adder layers at the kernel's rate if every thread ran at one thread's rate on whole images (with fewer
     images than threads the network splits each layer's positions instead; at 2 threads the goal measured
-    against it includes how well the threads scale)."""
+    against it includes how well the threads scale). It is set against the whole network timed the same way,
+    the two taking turns: runs of about 5 ms (the network called back to back, the loop's passes repeated in
+    one call), seconds per call or pass, the best run of each."""
     calls: list[tuple[Int8Adder2d, torch.Tensor]] = []
     terms = 0  # each output value sums in_channels * k * k terms
 
@@ -346,33 +343,65 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     times = timings(parts, warmup, repeats)
     result = {part: statistics.median(t) for part, t in times.items()}
     result[REST] = result["whole network"] - sum(v for k, v in result.items() if k != "whole network")
-    result[BEST_WHOLE] = min(times["whole network"])
-    if int8.extension_available():
+    # the whole network against the kernel alone, taking turns so that both meet the same slow stretches
+    loops = [inner_loop_timer(int8.quantize(inp[:1], layer.scale, layer.zero_point), layer.qweight, layer.stride,
+                              layer.padding, layer.zero_point) for layer, inp in calls] \
+        if int8.extension_available() else []
+    with torch.no_grad():
+        whole = run_timer(lambda: model(x))
+        rounds = [(whole(), [loop() for loop in loops]) for _ in range(max(7, repeats // 2))]
+    result[BEST_WHOLE] = min(seconds for seconds, _ in rounds)
+    if loops:
         images_per_thread = -(-x.shape[0] // torch.get_num_threads())
-        result[KERNEL_ALONE] = images_per_thread * sum(
-            inner_loop_seconds(int8.quantize(inp[:1], layer.scale, layer.zero_point), layer.qweight, layer.stride,
-                               layer.padding, layer.zero_point) for layer, inp in calls)
+        result[KERNEL_ALONE] = images_per_thread * sum(map(min, zip(*(passes for _, passes in rounds))))
     return result, terms
 
 
-def inner_loop_seconds(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: int, zero_point: int,
-                       seconds: float = 0.005, tries: int = 7) -> float:
-    """Seconds per pass of the kernel's inner loop (:func:`int8.sad_sums`: the sums of an input quantised and padded
-    already, into memory it reuses), on one image and one thread as the network runs it: repeated in one call
-    for about ``seconds``, the best of ``tries`` such calls (a rate to set beside the SAD limit, itself the best
-    of its tries: slower calls met a core that something else used)."""
+def run_timer(fn: Callable[[], object], seconds: float = 0.005) -> Callable[[], float]:
+    """A function that calls ``fn`` back to back for about ``seconds`` (at least once; the count set by one call
+    now) and returns the seconds per call."""
+    start = time.perf_counter()
+    fn()
+    calls = max(1, round(seconds / max(time.perf_counter() - start, 1e-9)))
+
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+    return timed
+
+
+def inner_loop_timer(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: int, zero_point: int,
+                     seconds: float = 0.005) -> Callable[[], float]:
+    """A function that runs the kernel's inner loop (:func:`int8.sad_sums`: the sums of an input quantised and
+    padded already, into memory it reuses) on one thread, as the network runs it on each image, repeated in one
+    call for about ``seconds``, and returns the seconds per pass."""
     qx = F.pad(qx, (padding,) * 4, value=zero_point).contiguous(memory_format=torch.channels_last)
     packed = int8.pack_filters(qw)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        int8.sad_sums(qx, qw, stride, packed, 10)
-        passes = max(10, round(10 * seconds / max(time.perf_counter() - start, 1e-9)))
-        per_pass = best_of({"sums": lambda: int8.sad_sums(qx, qw, stride, packed, passes)}, 1, tries)["sums"]
-    finally:
-        torch.set_num_threads(threads)
-    return per_pass / passes
+
+    def timed(passes: int) -> float:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            start = time.perf_counter()
+            int8.sad_sums(qx, qw, stride, packed, passes)
+            return (time.perf_counter() - start) / passes
+        finally:
+            torch.set_num_threads(threads)
+
+    passes = max(10, round(seconds / max(timed(10), 1e-12)))
+    timed(passes)  # warm-up
+    return lambda: timed(passes)
+
+
+def inner_loop_seconds(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: int, zero_point: int,
+                       tries: int = 7) -> float:
+    """Seconds per pass of the kernel's inner loop (:func:`inner_loop_timer`), the best of ``tries`` runs (a rate
+    to set beside the SAD limit, itself the best of its tries: slower runs met a core that something else
+    used)."""
+    timer = inner_loop_timer(qx, qw, stride, padding, zero_point)
+    return min(timer() for _ in range(tries))
 
 
 # ---- the layers alone ----------------------------------------------------------------------------------------
@@ -464,7 +493,7 @@ def markdown(report: Report) -> str:
         out.append(f"## Where the int8 adder network's time goes, {n} thread{'s' * (n > 1)}: ms per batch "
                    f"(share of the whole)\n\n"
                    f"| batch | {' | '.join(parts)} | adder terms/s in the network | {BEST_WHOLE} | {KERNEL_ALONE} | "
-                   f"the network at, of the kernel's rate (best against best) |\n"
+                   f"the network at, of the kernel's rate (best run against best run, taking turns) |\n"
                    f"|---|{'---|' * (len(parts) + 4)}\n" +
                    "\n".join(f"| {c.batch} | {1000 * c.profile[parts[0]]:.3f} | " + " | ".join(
                        f"{1000 * c.profile[p]:.3f} ({c.profile[p] / c.profile[parts[0]]:.0%})" for p in parts[1:]) +
@@ -501,8 +530,8 @@ def core_limit(report: Report) -> float | None:
 
 def network_share(cell: Cell) -> float:
     """The whole network's rate as a share of its adder layers' summed kernel rate (NaN without the kernel), each
-    at its best call (the kernel's rate is the best of its tries, as the SAD limit is: a median network against
-    it would count every slow stretch of a shared machine against the network)."""
+    its best run of about 5 ms, the two taking turns (:func:`profile`; the best, as the SAD limit is the best of
+    its tries: a median against it would count every slow stretch of a shared machine against the network)."""
     return cell.profile.get(KERNEL_ALONE, float("nan")) / cell.profile[BEST_WHOLE]
 
 
