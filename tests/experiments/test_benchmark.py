@@ -7,6 +7,7 @@ import torch
 
 from addernet.experiments import benchmark, int8_benchmark
 from hydra_helpers import ROOT, run_script
+from int8_networks import needs_kernel
 
 TINY_LAYER = [("tiny 3x3", 4, 8, 6, 3, 1, 1)]
 
@@ -106,6 +107,54 @@ def test_thread_counts_take_turns_on_the_same_network_and_the_count_is_restored(
     scaling = int8_benchmark.thread_scaling("resnet20", 2, [1, 2], warmup=0, repeats=2)
     assert sorted(scaling) == [1, 2] and all(v > 0 for v in scaling.values())
     assert torch.get_num_threads() == before
+
+
+def test_a_run_timer_calls_back_to_back_and_gives_seconds_per_call():
+    """One call sets the count (a run of about 5 ms), each run makes that many calls and gives the time of one."""
+    import time
+
+    calls = []
+
+    def sleep_a_millisecond():
+        calls.append(1)
+        time.sleep(0.001)
+
+    timer = int8_benchmark.run_timer(sleep_a_millisecond)
+    assert len(calls) == 1
+    per_call = timer()
+    run = len(calls) - 1
+    assert 1 <= run <= 5 and per_call >= 0.001  # each call sleeps at least a millisecond: per call, not per run
+    timer()
+    assert len(calls) == 1 + 2 * run
+
+
+@needs_kernel
+def test_the_whole_network_and_the_kernel_alone_take_turns_and_keep_the_best_run_of_each(monkeypatch):
+    """Round after round the whole network, then each adder layer's inner loop; the share rests on the best run
+    of the network and, layer by layer, the best run of each loop (whichever rounds they fell in)."""
+    order = []
+    network_runs, loop_runs = iter([3.0, 1.0, 2.0] * 5), {}
+
+    def loop_timer(qx, qw, stride, padding, zero_point):
+        layer = len(loop_runs)
+        loop_runs[layer] = iter([0.02 + 0.001 * layer, 0.03, 0.01 + 0.001 * layer] * 5)
+        return lambda: order.append(layer) or next(loop_runs[layer])
+
+    monkeypatch.setattr(int8_benchmark, "run_timer", lambda fn: lambda: order.append("network") or next(network_runs))
+    monkeypatch.setattr(int8_benchmark, "inner_loop_timer", loop_timer)
+    x = torch.randn(3, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    model = int8_benchmark.int8_adder("resnet20", x)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        profile, _ = int8_benchmark.profile(model, x, warmup=0, repeats=2)
+    finally:
+        torch.set_num_threads(previous)
+    layers = len(loop_runs)
+    assert layers == 20 and order == (["network"] + list(range(layers))) * 7  # at least 7 rounds
+    assert profile[int8_benchmark.BEST_WHOLE] == 1.0
+    # 2 images for the busiest of 2 threads, times each layer's best run
+    assert profile[int8_benchmark.KERNEL_ALONE] == pytest.approx(2 * sum(0.01 + 0.001 * k for k in range(20)))
 
 
 def report_of(adder_64: float, avx512: bool = False, engine: str = "onednn", onednn: str = "", vnni: bool = False,
