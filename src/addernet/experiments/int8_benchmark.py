@@ -319,8 +319,10 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     adder layers at the kernel's rate if every thread ran at one thread's rate on whole images (with fewer
     images than threads the network splits each layer's positions instead; at 2 threads the goal measured
     against it includes how well the threads scale). It is set against the whole network timed the same way,
-    the two taking turns: runs of about 5 ms (the network called back to back, the loop's passes repeated in
-    one call), seconds per call or pass, the best run of each."""
+    the two taking turns: runs of about 5 ms (the network called back to back, at least once: at batch 64 a
+    call is longer; the loop's passes repeated in one call), seconds per call or pass; the network's best run,
+    and each layer's best run summed (each layer at its best, whichever round it came in: if anything, the
+    share errs against the network)."""
     calls: list[tuple[Int8Adder2d, torch.Tensor]] = []
     terms = 0  # each output value sums in_channels * k * k terms
 
@@ -343,12 +345,14 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     times = timings(parts, warmup, repeats)
     result = {part: statistics.median(t) for part, t in times.items()}
     result[REST] = result["whole network"] - sum(v for k, v in result.items() if k != "whole network")
-    # the whole network against the kernel alone, taking turns so that both meet the same slow stretches
+    # the whole network against the kernel alone, taking turns so that both meet the same slow stretches; at least
+    # 7 rounds (the loops' tries of the SAD limit's kind), more with more repeats (half as many: a round holds a
+    # run of every layer's loop, about 0.1 s)
     loops = [inner_loop_timer(int8.quantize(inp[:1], layer.scale, layer.zero_point), layer.qweight, layer.stride,
                               layer.padding, layer.zero_point) for layer, inp in calls] \
         if int8.extension_available() else []
+    whole = run_timer(lambda: model(x), result["whole network"])
     with torch.no_grad():
-        whole = run_timer(lambda: model(x))
         rounds = [(whole(), [loop() for loop in loops]) for _ in range(max(7, repeats // 2))]
     result[BEST_WHOLE] = min(seconds for seconds, _ in rounds)
     if loops:
@@ -357,12 +361,10 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     return result, terms
 
 
-def run_timer(fn: Callable[[], object], seconds: float = 0.005) -> Callable[[], float]:
-    """A function that calls ``fn`` back to back for about ``seconds`` (at least once; the count set by one call
-    now) and returns the seconds per call."""
-    start = time.perf_counter()
-    fn()
-    calls = max(1, round(seconds / max(time.perf_counter() - start, 1e-9)))
+def run_timer(fn: Callable[[], object], per_call: float, seconds: float = 0.005) -> Callable[[], float]:
+    """A function that calls ``fn`` back to back for about ``seconds`` (as many calls as ``per_call``, an
+    estimate of one call's seconds, gives; at least one) and returns the seconds per call."""
+    calls = max(1, round(seconds / per_call))
 
     def timed() -> float:
         start = time.perf_counter()

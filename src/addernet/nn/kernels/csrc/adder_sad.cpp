@@ -148,7 +148,7 @@ void positions_portable(const Problem& p, int64_t begin, int64_t end) {
 // same operations in the same order for finite values (the vector max gives +0 for -0 and 0 for NaN where
 // std::max keeps them). The operands come as values: the callers hold them in locals, a and b loaded once for
 // all the positions of a block (read through the Problem after each store, GCC loaded them again every time: on
-// AMD Zen 4 the network 1.03-1.07x as fast without that, side by side).
+// AMD Zen 4 the network 1.02-1.07x as fast without that, side by side).
 __attribute__((target("avx2"), always_inline)) inline void store_outputs8(__m256 a, __m256 b, __m256 sums,
                                                                           const float* residual, bool relu, float* y,
                                                                           int64_t at) {
@@ -166,7 +166,6 @@ __attribute__((target("avx512f"), always_inline)) inline void store_outputs16(__
   if (relu) out = _mm512_max_ps(out, _mm512_setzero_ps());
   _mm512_storeu_ps(y + at, out);
 }
-
 
 // P positions x G groups of 8 filters: P * G accumulators (AVX-512: 32 registers), the G filter vectors of the
 // byte group loaded once, each position's 8 input bytes broadcast once (masked where the row ends inside the
@@ -231,9 +230,10 @@ __attribute__((target("avx512f,avx512bw,avx512dq"), always_inline)) inline void 
       store_outputs16(a, b, _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(acc[q][g], low_words, acc[q][g + 1])),
                       residual, relu, y, (m0 + q) * O + o);
   }
-  if (G % 2)
+  if (G % 2) {
 #pragma GCC unroll 16
     for (int q = 0; q < P; ++q) store_group_avx512<P, G>(p, acc, g0, m0, q, G - 1);
+  }
 }
 
 template <int P, int G>
