@@ -78,8 +78,6 @@ def test_int8_report_measures_side_by_side_and_judges_every_goal(tmp_path):
     assert len(goals) == 3 + bool(report["sad_limits"])
     assert all(g.endswith(("met", "for equal", "ONEDNN_MAX_CPU_ISA=AVX2)")) for g in goals)
     for limit in report["sad_limits"]:  # x86 with AVX2 or AVX-512BW
-        # each layer's inner loop beside one core's SAD limit measured in turns with it
-        assert all(1e9 < r["sad_limit_terms_per_s"] < 1e13 for r in report["layers"])
         assert limit["threads"] == 1 and limit["pairs_per_instruction"] in (32, 64)
         assert limit["instructions_per_second"] > 1e8 and 0.2e9 < limit["clock_hz"] < 10e9
         # SAD with its addition: an instruction more, never faster than SAD alone (15% for a busy machine: where
@@ -211,18 +209,6 @@ def test_the_goals_are_computed_from_the_reports_figures():
                              "CPU (neither AVX-512 nor VNNI); met")
     assert "| 64 | 50.000 |" in int8_benchmark.markdown(report_of(1_100.0))
     assert int8_benchmark.goals(report_of(800.0))[4].endswith("NOT met")  # 800 < 900 img/s
-    # a layer's own limit, measured in turns with its loop, is the one its loop is set against
-    report = report_of(1_100.0)
-    report.layers[1].sad_limit_terms_per_s = 0.75e11
-    assert "80% stage1, 80% stage3; 2 of 2 shapes at 70% or more, met" in int8_benchmark.goals(report)[2]
-    assert "| stage3 | 6e+10 | 3e+10 | 2.00x | 60% | 6e+10 | 80% |" in int8_benchmark.markdown(report)
-
-
-def test_the_inner_loop_and_the_sad_limit_take_turns_and_keep_the_best_of_each():
-    order, loop_runs, limit_runs = [], iter([3.0, 1.0, 2.0]), iter([5e10, 4e10, 6e10])
-    best = int8_benchmark.inner_loop_against_limit(lambda: order.append("loop") or next(loop_runs),
-                                                   lambda: order.append("limit") or next(limit_runs), 3)
-    assert best == (1.0, 6e10) and order == ["limit", "loop"] * 3
 
 
 def test_each_goal_is_counted_over_runs():

@@ -18,7 +18,7 @@ than the absolute speeds when those drift (not always: a change of load within a
   calls and Python between them cost, which the one call saves), and beside them the kernel alone (each adder
   layer's inner loop on its input in the network);
 - the int8 adder layer alone on ResNet-20's shapes against fp32 convolution, and its inner loop as a share of
-  one core's SAD limit, the two measured in turns;
+  the SAD limit;
 - one against two threads on the same network, taking turns;
 - each of the int8 issue's goals, computed from the figures above, met or not; with ``--runs N``, the whole
   benchmark N times and then each goal's figure in every run and how many runs met it.
@@ -397,6 +397,15 @@ def inner_loop_timer(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: i
     return lambda: timed(passes)
 
 
+def inner_loop_seconds(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: int, zero_point: int,
+                       tries: int = 7) -> float:
+    """Seconds per pass of the kernel's inner loop (:func:`inner_loop_timer`), the best of ``tries`` runs (a rate
+    to set beside the SAD limit, itself the best of its tries: slower runs met a core that something else
+    used)."""
+    timer = inner_loop_timer(qx, qw, stride, padding, zero_point)
+    return min(timer() for _ in range(tries))
+
+
 # ---- the layers alone ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -405,28 +414,7 @@ class LayerRate:
     layer: str
     adder_terms_per_s: float
     conv_terms_per_s: float
-    sums_terms_per_s: float | None  # the inner loop alone (inner_loop_timer: one image, one thread)
-    sad_limit_terms_per_s: float | None = None  # one core's SAD limit, measured in turns with the inner loop
-
-
-# iterations of each register chain for a SAD limit measured in turns with the inner loop (about 0.08 s)
-TURN_LIMIT_ITERATIONS = 2_000_000
-
-
-def inner_loop_against_limit(timer: Callable[[], float], pairs_per_s: Callable[[], float], rounds: int
-                             ) -> tuple[float, float]:
-    """The inner loop's best run (seconds per pass) and one core's best SAD limit (terms/s), the two measured in
-    turns, ``rounds`` each: the share of the one in the other then does not hang on when each was measured (on
-    a VM whose speed moves from second to second, the limit measured once at the start made the share of the
-    same code swing between runs)."""
-    runs = [(pairs_per_s(), timer()) for _ in range(rounds)]
-    return min(seconds for _, seconds in runs), max(limit for limit, _ in runs)
-
-
-def one_core_limit() -> float:
-    """One core's SAD limit in terms/s, a short measurement (:data:`TURN_LIMIT_ITERATIONS`)."""
-    sad, pairs, *_ = torch.ops.addernet_int8.sad_limit(1, TURN_LIMIT_ITERATIONS)
-    return sad * pairs
+    sums_terms_per_s: float | None  # the inner loop alone (inner_loop_seconds: one image, one thread)
 
 
 def measure_layers(batch: int, warmup: int, repeats: int, inner_loop: bool) -> list[LayerRate]:
@@ -440,13 +428,11 @@ def measure_layers(batch: int, warmup: int, repeats: int, inner_loop: bool) -> l
         packed = int8.pack_filters(qw) if int8.extension_available() else None
         seconds = side_by_side({"adder": lambda: int8.sad_forward(x, 1 / 255, 0, qw, s, p, a, b, packed),
                                 "conv": lambda: F.conv2d(x, w, stride=s, padding=p)}, warmup, repeats)
+        sums = inner_loop_seconds(int8.quantize(x[:1], 1 / 255, 0), qw, s, p, 0, tries=max(7, repeats)) \
+            if packed is not None and inner_loop else None
         terms = layer_elements(batch, cin, cout, size, k, s, p)
-        rate = LayerRate(torch.get_num_threads(), name, terms / seconds["adder"], terms / seconds["conv"], None)
-        if packed is not None and inner_loop:
-            timer = inner_loop_timer(int8.quantize(x[:1], 1 / 255, 0), qw, s, p, 0)
-            sums, limit = inner_loop_against_limit(timer, one_core_limit, max(7, repeats))
-            rate.sums_terms_per_s, rate.sad_limit_terms_per_s = terms / batch / sums, limit or None
-        rates.append(rate)
+        rates.append(LayerRate(torch.get_num_threads(), name, terms / seconds["adder"], terms / seconds["conv"],
+                               terms / batch / sums if sums else None))
     return rates
 
 
@@ -527,8 +513,7 @@ def markdown(report: Report) -> str:
                    "\n".join(f"| {r.layer} | {r.adder_terms_per_s:.3g} | {r.conv_terms_per_s:.3g} | "
                              f"{r.adder_terms_per_s / r.conv_terms_per_s:.2f}x | "
                              f"{f'{r.adder_terms_per_s / limit:.0%}' if limit else 'n/a'} | "
-                             + (f"{r.sums_terms_per_s:.3g} | "
-                                f"{f'{share:.0%}' if (share := loop_share(r, core)) else 'n/a'} |"
+                             + (f"{r.sums_terms_per_s:.3g} | {f'{r.sums_terms_per_s / core:.0%}' if core else 'n/a'} |"
                                 if r.sums_terms_per_s is not None else "(measured once, in the first table) | |")
                              for r in rates))
     if report.scaling:
@@ -538,13 +523,6 @@ def markdown(report: Report) -> str:
                              for n, v in report.scaling.items()))
     out.append("## Against the goals\n\n" + "\n".join(f"- {line}" for line in goals(report)))
     return "\n\n".join(out)
-
-
-def loop_share(rate: LayerRate, core: float | None) -> float | None:
-    """The inner loop's rate as a share of one core's SAD limit: the limit measured in turns with it where there
-    is one, else ``core`` (the run's limit, measured at its start); None without either."""
-    limit = rate.sad_limit_terms_per_s or core
-    return rate.sums_terms_per_s / limit if limit and rate.sums_terms_per_s else None
 
 
 def core_limit(report: Report) -> float | None:
@@ -605,7 +583,7 @@ def goal_results(report: Report) -> list[Goal]:
                     f"whole network >= 80% of its adder layers' summed kernel rate (the inner loop alone): "
                     f"{vs_kernel}, {verdict(share >= 0.8)}", share >= 0.8)]
     core = core_limit(report)
-    loops = {r.layer: share for r in report.layers if (share := loop_share(r, core))}
+    loops = {r.layer: r.sums_terms_per_s / core for r in report.layers if core and r.sums_terms_per_s}
     if loops:
         ok = min(loops.values()) >= 0.7
         results.append(Goal("inner loop >= 70% of the SAD limit, every shape",

@@ -1340,13 +1340,12 @@ std::pair<double, double> dot_rate(int64_t iterations) {
 // Instructions per second on `threads` cores at once, summed, for the kernel's instruction set: [SAD, byte
 // pairs per SAD, the clock in Hz of the first core, SAD each with its addition, vpdpbusd (0 without VNNI),
 // byte pairs per vpdpbusd]; zeros on the portable path (no such instruction). All threads run together:
-// cores that share execution units (SMT siblings) show it as a lower sum. `iterations` of each chain: the
-// default takes about a quarter of a second; a tenth of it suits a measurement taken in turns with another.
-std::vector<double> sad_limit(int64_t threads, int64_t iterations) {
+// cores that share execution units (SMT siblings) show it as a lower sum.
+std::vector<double> sad_limit(int64_t threads) {
 #ifdef ADDERNET_X86
+  constexpr int64_t kIterations = 20'000'000;
   const bool avx512 = std::strcmp(chosen_isa(), "avx512bw") == 0;
   TORCH_CHECK(threads >= 1, "sad_limit: threads must be >= 1");
-  TORCH_CHECK(iterations >= 1000, "sad_limit: iterations must be >= 1000");
   if (avx512 || std::strcmp(chosen_isa(), "avx2") == 0) {
     std::vector<double> sad(threads, 0.0), sad_add(threads, 0.0), dot(threads, 0.0);
     double clock = 0.0, dot_pairs = 0.0;
@@ -1356,11 +1355,11 @@ std::vector<double> sad_limit(int64_t threads, int64_t iterations) {
       const int t = omp_get_thread_num();
       if (t == 0) team = omp_get_num_threads();
 #pragma omp barrier
-      sad[t] = avx512 ? sad_rate_avx512(iterations) : sad_rate_avx2(iterations);
+      sad[t] = avx512 ? sad_rate_avx512(kIterations) : sad_rate_avx2(kIterations);
 #pragma omp barrier
-      sad_add[t] = avx512 ? sad_add_rate_avx512(iterations) : sad_add_rate_avx2(iterations);
+      sad_add[t] = avx512 ? sad_add_rate_avx512(kIterations) : sad_add_rate_avx2(kIterations);
 #pragma omp barrier
-      const auto [rate, pairs] = dot_rate(iterations);
+      const auto [rate, pairs] = dot_rate(kIterations);
       dot[t] = rate;
 #pragma omp barrier
       if (t == 0) {
@@ -1378,7 +1377,6 @@ std::vector<double> sad_limit(int64_t threads, int64_t iterations) {
   }
 #endif
   (void)threads;
-  (void)iterations;
   return {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
 }
 
@@ -1388,7 +1386,7 @@ TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_sums(Tensor x, Tensor w, int filters, int kh, int kw, int stride, int repeats=1) -> Tensor");
   m.def("sad_isa() -> str", &sad_isa);
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
-  m.def("sad_limit(int threads, int iterations=20000000) -> float[]", &sad_limit);
+  m.def("sad_limit(int threads) -> float[]", &sad_limit);
   m.def("small_conv(Tensor x, Tensor weight, Tensor bias, int stride, int padding, bool relu) -> Tensor");
   m.class_<Layers>("Layers")
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
