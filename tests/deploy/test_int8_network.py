@@ -111,7 +111,7 @@ def test_the_network_uses_tensors_loaded_changed_or_replaced_after_its_first_cal
         made = net._kernel_network()
         for change in changes:
             change()
-            assert isinstance(net._kernel_network(), torch.ScriptObject)  # still the one call, not the parts
+            assert isinstance(net._kernel_network(), int8.extension().Network)  # still the one call, not the parts
             results.append(net(x))
             assert not torch.equal(results[-2], results[-1])  # the change is used, not what was seen before
             torch.testing.assert_close(results[-1], net.model(x), rtol=1e-5, atol=1e-5)
@@ -177,17 +177,38 @@ def test_a_network_pickled_after_its_first_call_runs_alike():
 
 @needs_kernel
 def test_hooks_on_the_parts_run():
-    """A forward hook on a part (the feature plot's on the classifier) makes the network run part by part."""
+    """A forward hook on a part (the feature plot's on the classifier), added after the kernel object was made,
+    makes the network run part by part; removed, the one call again."""
     net = quantized_resnet()
     seen = []
-    handle = net.get_classifier().register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
     x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
+        before = net(x)
+        assert net._kernel_network() is not None
+        handle = net.get_classifier().register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
         with_hook = net(x)
+        assert net._kernel_network() is None
         handle.remove()
         without = net(x)
+        assert isinstance(net._kernel_network(), int8.extension().Network)
     assert seen == [(2, 64, 1, 1)]
-    torch.testing.assert_close(with_hook, without, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(with_hook, before, rtol=1e-5, atol=1e-5)
+    assert torch.equal(without, before)
+
+
+@needs_kernel
+def test_a_module_added_to_the_stem_after_the_first_call_is_run():
+    """A module appended to the stem (so that it is no longer one convolution) after the kernel object was made:
+    the network runs part by part, the new module included."""
+    net = quantized_resnet()
+    x = torch.randn(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = net(x)
+        net.stem.append(torch.nn.Hardtanh(0.0, 0.5))  # the stem's map clipped: another result
+        after = net(x)
+        assert net._kernel_network() is None
+        assert not torch.equal(before, after)
+        torch.testing.assert_close(after, net.model(x), rtol=0, atol=0)
 
 
 @needs_kernel

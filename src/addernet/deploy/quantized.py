@@ -25,7 +25,6 @@ one beside its C project that holds the integer program instead (:mod:`addernet.
 from __future__ import annotations
 
 import copy
-import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -141,28 +140,26 @@ def only_layer(sequence: nn.Module | None) -> nn.Module | None:
 
 class KeepsKernelObject:
     """For a module that runs as one kernel object (:func:`addernet.nn.kernels.int8.layers`, ``network``): the
-    object is made on first use and kept with what it was made from: modules, and the tensors and settings it
-    holds, each read from its place, a (dictionary, name) pair such as a module's ``_buffers`` and a name
-    (module attribute lookups would cost about 1 us each). It is made again where any of those has been
-    replaced since: an identity check of about 75 objects for ResNet-20, 4-5 us on AMD Zen 5. Values written into
-    the tensors, in place or through ``.data``, need no new object (it holds the tensors themselves and makes
-    its derived copies, such as packed filters, again when their version, storage or sizes change). Not seen:
+    object is made on first use and kept with the places of what it was made from: (dictionary, key) pairs such
+    as a module's ``_buffers`` and a name for its tensors, settings and modules, and dictionaries whose sizes
+    must stay the same (a module's children, its hooks). It is made again where any place holds another object
+    than when it was made, or such a dictionary has grown or shrunk: at every call a check of about 80 places
+    for ResNet-20, in C++ (``Places``: about 1 us on AMD Zen 4, 6-8 us in Python). Values written into the
+    tensors, in place or through ``.data``, need no new object (it holds the tensors themselves and makes its
+    derived copies, such as packed filters, again when their version, storage or sizes change). Not seen:
     modules replaced inside an :class:`Int8Body`'s stages (its blocks and layers are fixed when it is made) and
     parametrized weights. A copy or an unpickled module makes its own."""
 
-    def kept(self, make: Callable[[], tuple[object, list[tuple[dict, str]]]], modules: Callable[[], list]):
-        """The kept object, or the one ``make()`` returns with the places of what it holds, where ``modules()``
-        (the modules it depends on, as they are now) or those places hold other objects than when it was
+    def kept(self, make: Callable[[], tuple[object, list[tuple[dict, str]], list[dict]]]):
+        """The kept object (None: the module runs part by part), or the one ``make()`` returns with the places
+        of what it holds and the dictionaries whose sizes it depends on, where those have changed since it was
         made."""
         kept = self.__dict__.get("_kernel_object")
-        if kept is not None:
-            made, places, objects = kept
-            now = [*modules(), *map(dict.get, *places)]
-            if len(now) == len(objects) and all(map(operator.is_, now, objects)):
-                return made
-        made, pairs = make()
-        places = tuple(zip(*pairs)) or ((), ())  # (dictionaries, names)
-        self.__dict__["_kernel_object"] = (made, places, [*modules(), *map(dict.get, *places)])
+        if kept is not None and kept[1].unchanged():
+            return kept[0]
+        made, places, sized = make()
+        if int8.extension_available():
+            self.__dict__["_kernel_object"] = (made, int8.extension().Places(places, sized))
         return made
 
     def __getstate__(self) -> dict:
@@ -216,7 +213,7 @@ class Int8Body(KeepsKernelObject, nn.Sequential):
     def kernel_layers(self):
         """The kernel object of the layers (:func:`addernet.nn.kernels.int8.layers`), kept between calls."""
         plan = self.plan()
-        return self.kept(lambda: (int8.layers(plan), plan.tensors()), list)
+        return self.kept(lambda: (int8.layers(plan), plan.tensors(), []))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not int8.extension_available():
@@ -345,25 +342,32 @@ class Int8Network(KeepsKernelObject, nn.Module):
             setattr(self.model, name, value)
 
     def _kernel_network(self):
-        """The kernel object for the parts as they are now; None where they do not fit one call."""
+        """The kernel object for the parts as they are now; None where they do not fit one call or a part has
+        forward hooks (the feature plot's on the classifier: the parts then run one by one, so the hooks run)."""
+        return self.kept(self._make_kernel_network)
+
+    def _make_kernel_network(self) -> tuple[object, list[tuple[dict, str]], list[dict]]:
+        """The kernel object (or None) and what it depends on (:meth:`KeepsKernelObject.kept`): the parts, the
+        stem's modules (a new one changes what :func:`only_layer` finds), the parts' hooks, the stem's and the
+        classifier's parameters and settings, and the body's own tensors (its object is made again for them)."""
         parts = self._modules
-        stages = parts.get("stages")
-        body = stages.kernel_layers() if isinstance(stages, Int8Body) and int8.extension_available() else None
-
-        def make():
-            stem, fc = Int8Network._stem(parts), parts.get("fc")
-            if stem is None or body is None:
-                return None, []
-            places = [(m._parameters, name) for m in (stem, fc) for name in ("weight", "bias")]
-            places += [(stem.__dict__, name) for name in ("stride", "padding", "relu")]
-            return int8.network(stem, body, fc.weight, fc.bias), places
-
-        return self.kept(make, lambda: [body, *parts.values(), *getattr(parts.get("stem"), "_modules", {}).values()])
+        stem_modules = getattr(parts.get("stem"), "_modules", {})
+        sized = [parts, stem_modules, *(hooks for m in parts.values() if m is not None
+                                        for hooks in (m._forward_hooks, m._forward_pre_hooks))]
+        places = [(parts, name) for name in ("stem", "stages", "pool", "fc", "bn_logits", *parts)]
+        places += [(stem_modules, name) for name in stem_modules]
+        stem, fc, stages = Int8Network._stem(parts), parts.get("fc"), parts.get("stages")
+        hooked = any(hooks for hooks in sized[2:])
+        if stem is None or hooked or not isinstance(stages, Int8Body) or not int8.extension_available():
+            return None, places, sized
+        places += [(m._parameters, name) for m in (stem, fc) for name in ("weight", "bias")]
+        places += [(stem.__dict__, name) for name in ("stride", "padding", "relu")]
+        places += stages.plan().tensors()
+        body = stages.kernel_layers()
+        return int8.network(stem, body, fc.weight, fc.bias), places, sized
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        network = None
-        if not any(m._forward_hooks or m._forward_pre_hooks for m in self._modules.values()):
-            network = self._kernel_network()
+        network = self._kernel_network()
         return self.model(x) if network is None else network.forward(x)
 
 

@@ -205,3 +205,28 @@ def test_the_kernel_is_built_and_runs_the_cpus_best_instructions():
         return
     best = "avx512bw" if {"avx512f", "avx512bw", "avx512dq"} <= flags else "avx2" if "avx2" in flags else "portable"
     assert int8.instruction_set() == best
+
+
+@pytest.mark.skipif(not int8.extension_available(), reason="no C++ compiler: the kernel is not built")
+def test_places_tell_an_object_replaced_a_key_removed_or_added_and_a_dictionary_resized():
+    """``Places`` (what a module checks before it reuses its kernel object): identity, not equality; a missing
+    key holds None; a watched dictionary's size."""
+    weight, absent = torch.ones(3), {}
+    params, children = {"weight": weight, "bias": None}, {"stem": object()}
+    places = int8.extension().Places([(params, "weight"), (params, "bias"), (absent, "x")], [children])
+    assert places.unchanged()
+    params["weight"] = torch.ones(3)  # equal values, another tensor
+    assert not places.unchanged()
+    params["weight"] = weight
+    assert places.unchanged()
+    del params["bias"]  # a missing key holds None, as the None it held
+    assert places.unchanged()
+    params["bias"] = torch.zeros(3)
+    assert not places.unchanged()
+    del params["bias"]
+    children["fc"] = object()  # the watched dictionary grew
+    assert not places.unchanged()
+    del children["fc"]
+    assert places.unchanged()
+    absent["x"] = 1
+    assert not places.unchanged()

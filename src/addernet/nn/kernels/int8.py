@@ -29,24 +29,30 @@ SOURCE = Path(__file__).parent / "csrc" / "adder_sad.cpp"
 
 
 @functools.cache
-def extension_available() -> bool:
-    """Build (or load from the cache) the C++ kernel; False, with a warning, where that fails."""
+def extension():
+    """The C++ kernel's Python module (built, or loaded from the cache, on first use); None, with a warning,
+    where that fails. Its operators are ``torch.ops.addernet_int8``'s; its classes (``Layers``, ``Network``,
+    ``Places``) the module's own."""
     try:
         from torch.utils.cpp_extension import load
 
         log.info("building the int8 SAD kernel (once; cached): about a minute on a small machine")
         # the SRA limit lets GCC keep the kernel's block of accumulators in registers (at its default it
         # stored them after every instruction, 4x slower)
-        load(name="addernet_int8", sources=[str(SOURCE)], is_python_module=False, verbose=False,
-             extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off",  # a * sum + b rounded as PyTorch does
-                           "--param=sra-max-scalarization-size-Ospeed=4096"],
-             extra_ldflags=["-fopenmp"])
-        return True
+        return load(name="addernet_int8", sources=[str(SOURCE)], is_python_module=True, verbose=False,
+                    extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off",  # a * sum + b rounded as PyTorch does
+                                  "--param=sra-max-scalarization-size-Ospeed=4096"],
+                    extra_ldflags=["-fopenmp"])
     except Exception as err:  # noqa: BLE001  (compiler missing, headers missing, build errors)
         warnings.warn(f"the int8 SAD kernel could not be built ({type(err).__name__}: {str(err)[:300]}); int8 adder "
                       f"layers run a slow plain-PyTorch version of the same arithmetic. Install a C++ compiler "
                       f"(g++) to get the fast kernel.")
-        return False
+        return None
+
+
+def extension_available() -> bool:
+    """Whether the C++ kernel is built (:func:`extension`)."""
+    return extension() is not None
 
 
 def instruction_set() -> str:
@@ -144,8 +150,7 @@ def layers(plan: BodyPlan):
     if not extension_available():
         raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the body needs it")
     tensors = [place[name] for place, name in plan.tensors()]
-    return torch.classes.addernet_int8.Layers(tensors[0::3], tensors[1::3], tensors[2::3], plan.spec,
-                                              plan.inv_scale)
+    return extension().Layers(tensors[0::3], tensors[1::3], tensors[2::3], plan.spec, plan.inv_scale)
 
 
 def sad_body(x: torch.Tensor, plan: BodyPlan) -> torch.Tensor:
@@ -163,8 +168,8 @@ def network(stem, body, head_weight: torch.Tensor, head_bias: torch.Tensor):
     :func:`layers`, it holds the tensors given."""
     if not extension_available():
         raise RuntimeError("the int8 SAD kernel is not built (see the warning above); the network needs it")
-    return torch.classes.addernet_int8.Network(body, stem.weight, stem.bias, stem.stride[0], stem.padding[0],
-                                               stem.relu, head_weight, head_bias)
+    return extension().Network(body, stem.weight, stem.bias, stem.stride[0], stem.padding[0], stem.relu,
+                               head_weight, head_bias)
 
 
 def small_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,

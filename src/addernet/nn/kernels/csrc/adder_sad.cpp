@@ -10,14 +10,15 @@
 // The instruction set is chosen at run time (AVX-512BW, AVX2, else portable C++), so one build runs on any
 // x86-64 CPU; threads come from ATen's pool (torch.set_num_threads).
 //
-// Entry points: sad_forward (one layer), the classes Layers (a chain of layers in one call, below) and Network
-// (a float stem, such a chain and a pooled linear head in one call), sad_sums (the sums alone), sad_pack (the
-// filters' layout), small_conv (a float stem), sad_limit (the instructions' own rates).
+// Entry points: the operators sad_forward (one layer), sad_sums (the sums alone), sad_pack (the filters'
+// layout), small_conv (a float stem), sad_limit (the instructions' own rates); and the Python classes Layers (a
+// chain of layers in one call, below), Network (a float stem, such a chain and a pooled linear head in one
+// call) and Places (what the Python modules check before they reuse such an object).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
-#include <torch/custom_class.h>
+#include <torch/extension.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -1139,7 +1141,7 @@ struct Derived {
 // qweight[l] (uint8 (O, C, kh, kw)), a[l], b[l] (float32, contiguous), inv_scale[l] (1 / its input's scale)
 // and spec[kSpec * l ...] = kh, kw, stride, padding, zero_point, input channels, input map, residual map (-1:
 // none), relu. Layer l writes map l + 1; map 0 is the input; a layer reads maps written before it.
-class Layers : public torch::CustomClassHolder {
+class Layers {
  public:
   Layers(std::vector<at::Tensor> qweight, std::vector<at::Tensor> a, std::vector<at::Tensor> b,
          std::vector<int64_t> spec, std::vector<double> inv_scale)
@@ -1186,9 +1188,9 @@ class Layers : public torch::CustomClassHolder {
 // head_bias (classes), float32). Threads take whole images through all of it, as in Layers (fewer images
 // than threads: the stem shares its rows and the body its positions among them; the head, a few thousand
 // operations an image, runs on one).
-class Network : public torch::CustomClassHolder {
+class Network {
  public:
-  Network(c10::intrusive_ptr<Layers> layers, at::Tensor stem_weight, at::Tensor stem_bias, int64_t stem_stride,
+  Network(std::shared_ptr<Layers> layers, at::Tensor stem_weight, at::Tensor stem_bias, int64_t stem_stride,
           int64_t stem_padding, bool stem_relu, at::Tensor head_weight, at::Tensor head_bias)
       : layers_(std::move(layers)), stem_filters_{std::move(stem_weight), true}, stem_bias_(std::move(stem_bias)),
         head_weight_(std::move(head_weight)), head_bias_(std::move(head_bias)), stem_stride_(stem_stride),
@@ -1236,7 +1238,7 @@ class Network : public torch::CustomClassHolder {
   }
 
  private:
-  c10::intrusive_ptr<Layers> layers_;
+  std::shared_ptr<Layers> layers_;
   Derived stem_filters_;
   at::Tensor stem_bias_, head_weight_, head_bias_;
   int64_t stem_stride_, stem_padding_;
@@ -1380,6 +1382,61 @@ std::vector<double> sad_limit(int64_t threads) {
   return {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
 }
 
+// ---- what a kept kernel object was made from ------------------------------------------------------------------
+//
+// A Python module keeps its kernel object (Layers, Network) with the places of what the object was made from:
+// (dictionary, key) pairs such as a module's _parameters and "weight", each holding an object then (a missing
+// key: None), and dictionaries whose sizes must stay the same (a module's children, its hooks). At every call
+// the module asks whether all still hold: in Python, ResNet-20's 80 or so places cost 6-8 us a call, a third
+// of the Python around the kernel at batch 1; here about 1 us (AMD Zen 4).
+class Places {
+ public:
+  Places(const std::vector<std::pair<py::dict, py::object>>& places, const std::vector<py::dict>& sized) {
+    for (const auto& [dict, key] : places) {
+      places_.push_back({dict, key, py::reinterpret_borrow<py::object>(held(dict, key))});
+    }
+    for (const py::dict& dict : sized) sized_.push_back({dict, PyDict_Size(dict.ptr())});
+  }
+
+  // whether every place holds the object it held when this was made, and every sized dictionary its size
+  bool unchanged() const {
+    for (const Place& p : places_) {
+      if (held(p.dict, p.key) != p.object.ptr()) return false;
+    }
+    for (const auto& [dict, size] : sized_) {
+      if (PyDict_Size(dict.ptr()) != size) return false;
+    }
+    return true;
+  }
+
+ private:
+  struct Place {
+    py::dict dict;
+    py::object key, object;  // held here, so that their addresses cannot come back as other objects
+  };
+  static PyObject* held(const py::dict& dict, const py::object& key) {
+    PyObject* value = PyDict_GetItemWithError(dict.ptr(), key.ptr());  // borrowed
+    if (value == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    return value == nullptr ? Py_None : value;
+  }
+  std::vector<Place> places_;
+  std::vector<std::pair<py::dict, Py_ssize_t>> sized_;
+};
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<Layers, std::shared_ptr<Layers>>(m, "Layers")
+      .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
+                    std::vector<double>>())
+      .def("forward", &Layers::forward, py::call_guard<py::gil_scoped_release>());
+  py::class_<Network, std::shared_ptr<Network>>(m, "Network")
+      .def(py::init<std::shared_ptr<Layers>, at::Tensor, at::Tensor, int64_t, int64_t, bool, at::Tensor,
+                    at::Tensor>())
+      .def("forward", &Network::forward, py::call_guard<py::gil_scoped_release>());
+  py::class_<Places>(m, "Places")
+      .def(py::init<const std::vector<std::pair<py::dict, py::object>>&, const std::vector<py::dict>&>())
+      .def("unchanged", &Places::unchanged);
+}
+
 TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_forward(Tensor x, float inv_scale, int zero_point, Tensor w, int kh, int kw, int stride, int padding, "
         "Tensor a, Tensor b, Tensor? residual, bool relu) -> Tensor");
@@ -1388,14 +1445,6 @@ TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
   m.def("sad_limit(int threads) -> float[]", &sad_limit);
   m.def("small_conv(Tensor x, Tensor weight, Tensor bias, int stride, int padding, bool relu) -> Tensor");
-  m.class_<Layers>("Layers")
-      .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
-                       std::vector<double>>())
-      .def("forward", &Layers::forward);
-  m.class_<Network>("Network")
-      .def(torch::init<c10::intrusive_ptr<Layers>, at::Tensor, at::Tensor, int64_t, int64_t, bool, at::Tensor,
-                       at::Tensor>())
-      .def("forward", &Network::forward);
   m.def("small_conv_is_fast(int filters) -> bool", &small_conv_is_fast);
 }
 
