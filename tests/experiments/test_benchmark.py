@@ -111,18 +111,20 @@ def test_thread_counts_take_turns_on_the_same_network_and_the_count_is_restored(
 
 def test_a_run_timer_calls_back_to_back_and_gives_seconds_per_call(monkeypatch):
     """As many calls a run as make about 5 ms by the estimate given (at least one), and the seconds of one call:
-    on a clock that moves 1 ms a call (2 ms, 20 ms)."""
+    on a clock that moves 1 ms a call (2 ms, 20 ms), the first call of each run 10 times as long and untimed."""
     from types import SimpleNamespace
 
     clock, calls = [0.0], []
     monkeypatch.setattr(int8_benchmark, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     for per_call, run in ((0.001, 5), (0.002, 2), (0.02, 1)):
         def call(per_call=per_call):
+            clock[0] += per_call * (10 if len(calls) % (run + 1) == 0 else 1)
             calls.append(per_call)
-            clock[0] += per_call
 
         timer = int8_benchmark.run_timer(call, per_call)
-        assert calls == [] and timer() == pytest.approx(per_call) and calls == [per_call] * run
+        assert calls == []
+        for runs in (1, 2):
+            assert timer() == pytest.approx(per_call) and calls == [per_call] * (run + 1) * runs
         calls.clear()
 
 
@@ -135,7 +137,7 @@ def test_the_inner_loop_runs_on_one_thread_and_gives_the_thread_count_back(monke
     threads, sums = [], int8.sad_sums
 
     def counted_sums(*args):
-        threads.append(torch.get_num_threads())
+        threads.append((torch.get_num_threads(), args[-1]))
         return sums(*args)
 
     monkeypatch.setattr(int8, "sad_sums", counted_sums)
@@ -146,7 +148,9 @@ def test_the_inner_loop_runs_on_one_thread_and_gives_the_thread_count_back(monke
         assert timer() > 0 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-    assert len(threads) == 3 and set(threads) == {1}  # the count, the warm-up, the timed run
+    # one thread; for the count of passes and for the run, an untimed pass before the timed ones
+    assert [count for count, _ in threads] == [1] * 4 and [passes for _, passes in threads][::2] == [1, 1]
+    assert threads[1][1] == 10 and threads[3][1] >= 10
 
 
 @needs_kernel

@@ -319,10 +319,10 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     adder layers at the kernel's rate if every thread ran at one thread's rate on whole images (with fewer
     images than threads the network splits each layer's positions instead; at 2 threads the goal measured
     against it includes how well the threads scale). It is set against the whole network timed the same way,
-    the two taking turns: runs of about 5 ms (the network called back to back, at least once: at batch 64 a
-    call is longer; the loop's passes repeated in one call), seconds per call or pass; the network's best run,
-    and each layer's best run summed (each layer at its best, whichever round it came in: if anything, the
-    share errs against the network)."""
+    the two taking turns: runs of about 5 ms (the network called back to back after one untimed call, at least
+    once: at batch 64 a call is longer; the loop's passes repeated in one call), seconds per call or pass; the
+    network's best run, and each layer's best run summed (each layer at its best, whichever round it came in:
+    if anything, the share errs against the network)."""
     calls: list[tuple[Int8Adder2d, torch.Tensor]] = []
     terms = 0  # each output value sums in_channels * k * k terms
 
@@ -363,10 +363,14 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
 
 def run_timer(fn: Callable[[], object], per_call: float, seconds: float = 0.005) -> Callable[[], float]:
     """A function that calls ``fn`` back to back for about ``seconds`` (as many calls as ``per_call``, an
-    estimate of one call's seconds, gives; at least one) and returns the seconds per call."""
+    estimate of one call's seconds, gives; at least one) and returns the seconds per call. One call before the
+    clock starts: the first after other work (the benchmark's loops, on one thread) wakes threads that sleep
+    (``OMP_WAIT_POLICY=PASSIVE``; on the Zen 4 VM 0.14-0.2 ms more at batch 8 on 2 threads, where a call takes
+    1.3-1.6 ms) and reloads the weights into the caches; the loops' own passes start warm likewise."""
     calls = max(1, round(seconds / per_call))
 
     def timed() -> float:
+        fn()
         start = time.perf_counter()
         for _ in range(calls):
             fn()
@@ -378,7 +382,8 @@ def inner_loop_timer(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: i
                      seconds: float = 0.005) -> Callable[[], float]:
     """A function that runs the kernel's inner loop (:func:`int8.sad_sums`: the sums of an input quantised and
     padded already, into memory it reuses) on one thread, as the network runs it on each image, repeated in one
-    call for about ``seconds``, and returns the seconds per pass."""
+    call for about ``seconds``, and returns the seconds per pass. One pass before the clock starts, as
+    :func:`run_timer` makes one call: both sides timed warm, back to back."""
     qx = F.pad(qx, (padding,) * 4, value=zero_point).contiguous(memory_format=torch.channels_last)
     packed = int8.pack_filters(qw)
 
@@ -386,6 +391,7 @@ def inner_loop_timer(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: i
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
+            int8.sad_sums(qx, qw, stride, packed, 1)
             start = time.perf_counter()
             int8.sad_sums(qx, qw, stride, packed, passes)
             return (time.perf_counter() - start) / passes
@@ -393,7 +399,6 @@ def inner_loop_timer(qx: torch.Tensor, qw: torch.Tensor, stride: int, padding: i
             torch.set_num_threads(threads)
 
     passes = max(10, round(seconds / max(timed(10), 1e-12)))
-    timed(passes)  # warm-up
     return lambda: timed(passes)
 
 
