@@ -130,27 +130,33 @@ def test_a_run_timer_calls_back_to_back_and_gives_seconds_per_call(monkeypatch):
 
 @needs_kernel
 def test_the_inner_loop_runs_on_one_thread_and_gives_the_thread_count_back(monkeypatch):
+    """On one thread, the count restored; passes enough for about 5 ms, and the seconds of one pass: on a clock
+    that moves 10 us a pass, the untimed pass before each run 100 us (left out of the time)."""
+    from types import SimpleNamespace
+
     from addernet.nn.kernels import int8
 
     qx = torch.randint(0, 256, (1, 8, 6, 6), dtype=torch.uint8)
     qw = torch.randint(0, 256, (8, 8, 3, 3), dtype=torch.uint8)
-    threads, sums = [], int8.sad_sums
+    clock, calls, sums = [0.0], [], int8.sad_sums
 
     def counted_sums(*args):
-        threads.append((torch.get_num_threads(), args[-1]))
-        return sums(*args)
+        passes = args[-1]
+        calls.append((torch.get_num_threads(), passes))
+        clock[0] += 1e-4 if passes == 1 else 1e-5 * passes
+        return sums(*args[:-1], 1)
 
     monkeypatch.setattr(int8, "sad_sums", counted_sums)
+    monkeypatch.setattr(int8_benchmark, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         timer = int8_benchmark.inner_loop_timer(qx, qw, 1, 1, 0)
-        assert timer() > 0 and torch.get_num_threads() == 2
+        assert timer() == pytest.approx(1e-5) and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-    # one thread; for the count of passes and for the run, an untimed pass before the timed ones
-    assert [count for count, _ in threads] == [1] * 4 and [passes for _, passes in threads][::2] == [1, 1]
-    assert threads[1][1] == 10 and threads[3][1] >= 10
+    # for the count of passes (10 timed), then for the run (500: 5 ms), an untimed pass first
+    assert calls == [(1, 1), (1, 10), (1, 1), (1, 500)]
 
 
 @needs_kernel

@@ -248,7 +248,8 @@ def fuse_blocks(model: nn.Module) -> nn.Module:
 
 class SmallConv2d(nn.Conv2d):
     """A float convolution with few input channels (a stem) and its ReLU, run by the int8 kernel's direct loop
-    (:func:`addernet.nn.kernels.int8.small_conv`): same parameters and state dict as the nn.Conv2d it replaces."""
+    (:func:`addernet.nn.kernels.int8.small_conv`): same parameters and state dict as the nn.Conv2d it replaces;
+    PyTorch's convolution where the kernel is not built."""
 
     def __init__(self, *args, relu: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -269,6 +270,9 @@ class SmallConv2d(nn.Conv2d):
         return small.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not int8.extension_available():  # a module saved where the kernel was built, loaded where it is not
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+            return y.relu() if self.relu else y
         return int8.small_conv(x, self.weight, self.bias, self.stride[0], self.padding[0], self.relu)
 
     def extra_repr(self) -> str:
@@ -302,7 +306,8 @@ class Int8Network(KeepsKernelObject, nn.Module):
     """A ResNet whose float stem (a :class:`SmallConv2d`), int8 stages (an :class:`Int8Body`) and head (a
     :class:`GlobalMean`, then a :class:`PointwiseLinear` classifier with its BatchNorm folded) run as one kernel
     object's call (:func:`addernet.nn.kernels.int8.network`, kept: see :class:`KeepsKernelObject`; it depends on
-    the parts, the stem's modules, the stem's and the classifier's parameters and the stages' own object): at
+    the parts, their hooks, the stem's modules, the stem's and the classifier's parameters and settings and the
+    stages' tensors): at
     batch 1 the parts' own calls, the Python between them and the passage of the layers' tensors at each call
     cost about a fifth of the network's time. The model's parts stay its children under their own names (the
     same state dict; a part assigned anew is the model's too), and the model answers for its interface
@@ -348,17 +353,20 @@ class Int8Network(KeepsKernelObject, nn.Module):
 
     def _make_kernel_network(self) -> tuple[object, list[tuple[dict, str]], list[dict]]:
         """The kernel object (or None) and what it depends on (:meth:`KeepsKernelObject.kept`): the parts, the
-        stem's modules (a new one changes what :func:`only_layer` finds), the parts' hooks, the stem's and the
-        classifier's parameters and settings, and the body's own tensors (its object is made again for them)."""
+        stem's modules (a new one changes what :func:`only_layer` finds), the parts' hook dictionaries (their
+        sizes, and the dictionaries themselves), the stem's and the classifier's parameters and settings, and the
+        body's own tensors (its object is made again for them)."""
         parts = self._modules
         stem_modules = getattr(parts.get("stem"), "_modules", {})
-        sized = [parts, stem_modules, *(hooks for m in parts.values() if m is not None
-                                        for hooks in (m._forward_hooks, m._forward_pre_hooks))]
-        places = [(parts, name) for name in ("stem", "stages", "pool", "fc", "bn_logits", *parts)]
+        modules = [m for m in parts.values() if m is not None]
+        hooks = ("_forward_hooks", "_forward_pre_hooks")
+        sized = [parts, stem_modules, *(getattr(m, name) for m in modules for name in hooks)]
+        places = [(parts, name) for name in dict.fromkeys(("stem", "stages", "pool", "fc", "bn_logits", *parts))]
         places += [(stem_modules, name) for name in stem_modules]
+        places += [(m.__dict__, name) for m in (*modules, parts.get("stem")) if m is not None
+                   for name in (*hooks, "_modules")]
         stem, fc, stages = Int8Network._stem(parts), parts.get("fc"), parts.get("stages")
-        hooked = any(hooks for hooks in sized[2:])
-        if stem is None or hooked or not isinstance(stages, Int8Body) or not int8.extension_available():
+        if stem is None or any(sized[2:]) or not int8.extension_available():
             return None, places, sized
         places += [(m._parameters, name) for m in (stem, fc) for name in ("weight", "bias")]
         places += [(stem.__dict__, name) for name in ("stride", "padding", "relu")]

@@ -320,9 +320,9 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     images than threads the network splits each layer's positions instead; at 2 threads the goal measured
     against it includes how well the threads scale). It is set against the whole network timed the same way,
     the two taking turns: runs of about 5 ms (the network called back to back after one untimed call, at least
-    once: at batch 64 a call is longer; the loop's passes repeated in one call), seconds per call or pass; the
-    network's best run, and each layer's best run summed (each layer at its best, whichever round it came in:
-    if anything, the share errs against the network)."""
+    once: at batch 64 a call is longer; the loop's passes repeated in one call after one untimed pass), seconds
+    per call or pass; the network's best run, and each layer's best run summed (each layer at its best,
+    whichever round it came in: if anything, the share errs against the network)."""
     calls: list[tuple[Int8Adder2d, torch.Tensor]] = []
     terms = 0  # each output value sums in_channels * k * k terms
 
@@ -364,9 +364,9 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
 def run_timer(fn: Callable[[], object], per_call: float, seconds: float = 0.005) -> Callable[[], float]:
     """A function that calls ``fn`` back to back for about ``seconds`` (as many calls as ``per_call``, an
     estimate of one call's seconds, gives; at least one) and returns the seconds per call. One call before the
-    clock starts: the first after other work (the benchmark's loops, on one thread) wakes threads that sleep
-    (``OMP_WAIT_POLICY=PASSIVE``; on the Zen 4 VM 0.14-0.2 ms more at batch 8 on 2 threads, where a call takes
-    1.3-1.6 ms) and reloads the weights into the caches; the loops' own passes start warm likewise."""
+    clock starts: the first after other work (the benchmark's loops, 0.1 s on one thread) waits for an idle
+    core to wake and reloads the weights into the caches (on the Zen 4 VM 0.14-0.2 ms more at batch 8 on 2
+    threads, where a call takes 1.3-1.6 ms); :func:`inner_loop_timer` makes one untimed pass likewise."""
     calls = max(1, round(seconds / per_call))
 
     def timed() -> float:

@@ -230,3 +230,8 @@ def test_places_tell_an_object_replaced_a_key_removed_or_added_and_a_dictionary_
     assert places.unchanged()
     absent["x"] = 1
     assert not places.unchanged()
+
+    with pytest.raises(TypeError):
+        int8.extension().Places([([1], "x")], [])  # not a dictionary
+    with pytest.raises(TypeError):
+        int8.extension().Places([({}, [])], [])  # a key that cannot be hashed

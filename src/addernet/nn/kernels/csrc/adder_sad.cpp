@@ -1387,8 +1387,10 @@ std::vector<double> sad_limit(int64_t threads) {
 // A Python module keeps its kernel object (Layers, Network) with the places of what the object was made from:
 // (dictionary, key) pairs such as a module's _parameters and "weight", each holding an object then (a missing
 // key: None), and dictionaries whose sizes must stay the same (a module's children, its hooks). At every call
-// the module asks whether all still hold: in Python, ResNet-20's 80 or so places cost 6-8 us a call, a third
-// of the Python around the kernel at batch 1; here about 1 us (AMD Zen 4).
+// the module asks whether all still hold: in Python, ResNet-20's 80 or so places cost 6-8 us a call; here
+// 1-1.7 us (AMD Zen 4). The objects are held here (so that an address cannot come back as another object),
+// and shown to Python's cycle collector (tp_traverse, tp_clear): a hook whose closure holds the network, in a
+// hook dictionary watched here, would otherwise keep the network alive for ever.
 class Places {
  public:
   Places(const std::vector<std::pair<py::dict, py::object>>& places, const std::vector<py::dict>& sized) {
@@ -1399,7 +1401,9 @@ class Places {
   }
 
   // whether every place holds the object it held when this was made, and every sized dictionary its size
+  // (false once the cycle collector has cleared this)
   bool unchanged() const {
+    if (cleared_) return false;
     for (const Place& p : places_) {
       if (held(p.dict, p.key) != p.object.ptr()) return false;
     }
@@ -1409,10 +1413,32 @@ class Places {
     return true;
   }
 
+  static int traverse(PyObject* self_base, visitproc visit, void* arg) {
+    Py_VISIT(Py_TYPE(self_base));
+    if (!py::detail::is_holder_constructed(self_base)) return 0;
+    const Places& self = py::cast<const Places&>(py::handle(self_base));
+    for (const Place& p : self.places_) {
+      Py_VISIT(p.dict.ptr());
+      Py_VISIT(p.key.ptr());
+      Py_VISIT(p.object.ptr());
+    }
+    for (const auto& sized : self.sized_) Py_VISIT(sized.first.ptr());
+    return 0;
+  }
+
+  static int clear(PyObject* self_base) {
+    if (!py::detail::is_holder_constructed(self_base)) return 0;
+    Places& self = py::cast<Places&>(py::handle(self_base));
+    self.cleared_ = true;
+    std::vector<Place>().swap(self.places_);
+    std::vector<std::pair<py::dict, Py_ssize_t>>().swap(self.sized_);
+    return 0;
+  }
+
  private:
   struct Place {
     py::dict dict;
-    py::object key, object;  // held here, so that their addresses cannot come back as other objects
+    py::object key, object;
   };
   static PyObject* held(const py::dict& dict, const py::object& key) {
     PyObject* value = PyDict_GetItemWithError(dict.ptr(), key.ptr());  // borrowed
@@ -1421,18 +1447,25 @@ class Places {
   }
   std::vector<Place> places_;
   std::vector<std::pair<py::dict, Py_ssize_t>> sized_;
+  bool cleared_ = false;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  py::class_<Layers, std::shared_ptr<Layers>>(m, "Layers")
+  // module_local: another extension's class of the same C++ name cannot clash with these
+  py::class_<Layers, std::shared_ptr<Layers>>(m, "Layers", py::module_local())
       .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>,
                     std::vector<double>>())
       .def("forward", &Layers::forward, py::call_guard<py::gil_scoped_release>());
-  py::class_<Network, std::shared_ptr<Network>>(m, "Network")
+  py::class_<Network, std::shared_ptr<Network>>(m, "Network", py::module_local())
       .def(py::init<std::shared_ptr<Layers>, at::Tensor, at::Tensor, int64_t, int64_t, bool, at::Tensor,
                     at::Tensor>())
       .def("forward", &Network::forward, py::call_guard<py::gil_scoped_release>());
-  py::class_<Places>(m, "Places")
+  py::class_<Places>(m, "Places", py::module_local(), py::custom_type_setup([](PyHeapTypeObject* heap_type) {
+                       PyTypeObject* type = &heap_type->ht_type;
+                       type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+                       type->tp_traverse = Places::traverse;
+                       type->tp_clear = Places::clear;
+                     }))
       .def(py::init<const std::vector<std::pair<py::dict, py::object>>&, const std::vector<py::dict>&>())
       .def("unchanged", &Places::unchanged);
 }
