@@ -144,7 +144,7 @@ class KeepsKernelObject:
     as a module's ``_buffers`` and a name for its tensors, settings and modules, and dictionaries whose sizes
     must stay the same (a module's children, its hooks). It is made again where any place holds another object
     than when it was made, or such a dictionary has grown or shrunk: at every call a check of about 80 places
-    for ResNet-20, in C++ (``Places``: about 1 us on AMD Zen 4, 6-8 us in Python). Values written into the
+    for ResNet-20, in C++ (``Places``: 1-1.7 us on AMD Zen 4, 6-8 us in Python). Values written into the
     tensors, in place or through ``.data``, need no new object (it holds the tensors themselves and makes its
     derived copies, such as packed filters, again when their version, storage or sizes change). Not seen:
     modules replaced inside an :class:`Int8Body`'s stages (its blocks and layers are fixed when it is made) and
@@ -307,12 +307,12 @@ class Int8Network(KeepsKernelObject, nn.Module):
     :class:`GlobalMean`, then a :class:`PointwiseLinear` classifier with its BatchNorm folded) run as one kernel
     object's call (:func:`addernet.nn.kernels.int8.network`, kept: see :class:`KeepsKernelObject`; it depends on
     the parts, their hooks, the stem's modules, the stem's and the classifier's parameters and settings and the
-    stages' tensors): at
-    batch 1 the parts' own calls, the Python between them and the passage of the layers' tensors at each call
-    cost about a fifth of the network's time. The model's parts stay its children under their own names (the
-    same state dict; a part assigned anew is the model's too), and the model answers for its interface
-    (``forward_features``, ``forward_head``, ``get_classifier``, ``num_classes``, ``num_features``). Where a
-    part has forward hooks (a feature plot's on the classifier), the network runs part by part, so they run."""
+    stages' tensors): at batch 1 the parts' own calls, the Python between them and the passage of the layers'
+    tensors at each call cost about a fifth of the network's time. The model's parts stay its children under
+    their own names (the same state dict; a part assigned anew is the model's too), and the model answers for
+    its interface (``forward_features``, ``forward_head``, ``get_classifier``, ``num_classes``,
+    ``num_features``). Where a part has forward hooks (a feature plot's on the classifier), the network runs
+    part by part, so they run."""
 
     DELEGATED = ("forward_features", "forward_head", "get_classifier", "num_classes", "num_features")
 
@@ -363,8 +363,7 @@ class Int8Network(KeepsKernelObject, nn.Module):
         sized = [parts, stem_modules, *(getattr(m, name) for m in modules for name in hooks)]
         places = [(parts, name) for name in dict.fromkeys(("stem", "stages", "pool", "fc", "bn_logits", *parts))]
         places += [(stem_modules, name) for name in stem_modules]
-        places += [(m.__dict__, name) for m in (*modules, parts.get("stem")) if m is not None
-                   for name in (*hooks, "_modules")]
+        places += [(m.__dict__, name) for m in modules for name in (*hooks, "_modules")]
         stem, fc, stages = Int8Network._stem(parts), parts.get("fc"), parts.get("stages")
         if stem is None or any(sized[2:]) or not int8.extension_available():
             return None, places, sized
