@@ -11,9 +11,9 @@
 // x86-64 CPU; threads come from ATen's pool (torch.set_num_threads).
 //
 // Entry points: the operators sad_forward (one layer), sad_sums (the sums alone), sad_pack (the filters'
-// layout), small_conv (a float stem), sad_limit (the instructions' own rates); and the Python classes Layers (a
-// chain of layers in one call, below), Network (a float stem, such a chain and a pooled linear head in one
-// call) and Places (what the Python modules check before they reuse such an object).
+// layout), small_conv (a float stem), sad_limit and sad_rate (the instructions' own rates); and the Python
+// classes Layers (a chain of layers in one call, below), Network (a float stem, such a chain and a pooled linear
+// head in one call) and Places (what the Python modules check before they reuse such an object).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -1327,59 +1327,76 @@ ADDERNET_RATE(dot_rate_avx512_vnni, "avx512f,avx512bw,avx512vnni", ADDERNET_12, 
 #undef ADDERNET_SAD_OP
 #undef ADDERNET_ADD_OP
 
-// vpdpbusd's rate at the width PyTorch's int8 libraries take on this CPU, and its byte products per
-// instruction; {0, 0} without VNNI
-std::pair<double, double> dot_rate(int64_t iterations) {
+// vpdpbusd's byte products per instruction at the width PyTorch's int8 libraries take on this CPU; 0 without
+// VNNI
+double dot_pairs() {
 #ifdef ADDERNET_VNNI
-  if (__builtin_cpu_supports("avx512vnni")) return {dot_rate_avx512_vnni(iterations), 64.0};
-  if (__builtin_cpu_supports("avxvnni")) return {dot_rate_avx_vnni(iterations), 32.0};
+  if (__builtin_cpu_supports("avx512vnni")) return 64.0;
+  if (__builtin_cpu_supports("avxvnni")) return 32.0;
+#endif
+  return 0.0;
+}
+
+// vpdpbusd's rate at that width; 0 without VNNI
+double dot_rate(int64_t iterations) {
+#ifdef ADDERNET_VNNI
+  if (__builtin_cpu_supports("avx512vnni")) return dot_rate_avx512_vnni(iterations);
+  if (__builtin_cpu_supports("avxvnni")) return dot_rate_avx_vnni(iterations);
 #endif
   (void)iterations;
-  return {0.0, 0.0};
+  return 0.0;
+}
+
+// `rate(iterations)` on `threads` cores at once (an OpenMP team started together), the rates summed: cores that
+// share execution units (SMT siblings), or that a VM's host does not give it at the moment, show it as a lower
+// sum
+template <typename Rate>
+double team_rate(int64_t threads, int64_t iterations, Rate rate) {
+  std::vector<double> rates(threads, 0.0);
+  int team = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    if (t == 0) team = omp_get_num_threads();
+#pragma omp barrier
+    rates[t] = rate(iterations);
+  }
+  TORCH_CHECK(team == threads, "the SAD probe: OpenMP gave ", team, " threads, not ", threads);
+  double total = 0.0;
+  for (double r : rates) total += r;
+  return total;
 }
 #endif
 
 // Instructions per second on `threads` cores at once, summed, for the kernel's instruction set: [SAD, byte
-// pairs per SAD, the clock in Hz of the first core, SAD each with its addition, vpdpbusd (0 without VNNI),
-// byte pairs per vpdpbusd]; zeros on the portable path (no such instruction). All threads run together:
-// cores that share execution units (SMT siblings) show it as a lower sum.
+// pairs per SAD, the clock in Hz, SAD each with its addition, vpdpbusd (0 without VNNI), byte pairs per
+// vpdpbusd]; zeros on the portable path (no such instruction).
 std::vector<double> sad_limit(int64_t threads) {
 #ifdef ADDERNET_X86
   constexpr int64_t kIterations = 20'000'000;
   const bool avx512 = std::strcmp(chosen_isa(), "avx512bw") == 0;
   TORCH_CHECK(threads >= 1, "sad_limit: threads must be >= 1");
   if (avx512 || std::strcmp(chosen_isa(), "avx2") == 0) {
-    std::vector<double> sad(threads, 0.0), sad_add(threads, 0.0), dot(threads, 0.0);
-    double clock = 0.0, dot_pairs = 0.0;
-    int team = 0;
-#pragma omp parallel num_threads(threads)
-    {
-      const int t = omp_get_thread_num();
-      if (t == 0) team = omp_get_num_threads();
-#pragma omp barrier
-      sad[t] = avx512 ? sad_rate_avx512(kIterations) : sad_rate_avx2(kIterations);
-#pragma omp barrier
-      sad_add[t] = avx512 ? sad_add_rate_avx512(kIterations) : sad_add_rate_avx2(kIterations);
-#pragma omp barrier
-      const auto [rate, pairs] = dot_rate(kIterations);
-      dot[t] = rate;
-#pragma omp barrier
-      if (t == 0) {
-        clock = clock_hz();
-        dot_pairs = pairs;
-      }
-    }
-    TORCH_CHECK(team == threads, "sad_limit: OpenMP gave ", team, " threads, not ", threads);
-    auto sum = [](const std::vector<double>& rates) {
-      double total = 0.0;
-      for (double r : rates) total += r;
-      return total;
-    };
-    return {sum(sad), avx512 ? 64.0 : 32.0, clock, sum(sad_add), sum(dot), dot_pairs};
+    const double sad = team_rate(threads, kIterations, avx512 ? sad_rate_avx512 : sad_rate_avx2);
+    const double sad_add = team_rate(threads, kIterations, avx512 ? sad_add_rate_avx512 : sad_add_rate_avx2);
+    const double dot = team_rate(threads, kIterations, dot_rate);
+    return {sad, avx512 ? 64.0 : 32.0, clock_hz(), sad_add, dot, dot_pairs()};
   }
 #endif
   (void)threads;
   return {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+}
+
+// SAD instructions per second on `threads` cores at once, summed (as sad_limit's first figure), from a run of
+// `rounds` rounds of 12 on each core: a probe short enough (1e5 rounds: about 0.3 ms) to take turns with the
+// calls it is set beside, so that both meet the same cores; 0 on the portable path.
+double sad_rate(int64_t threads, int64_t rounds) {
+  TORCH_CHECK(threads >= 1 && rounds >= 1, "sad_rate: threads and rounds must be >= 1");
+#ifdef ADDERNET_X86
+  if (std::strcmp(chosen_isa(), "avx512bw") == 0) return team_rate(threads, rounds, sad_rate_avx512);
+  if (std::strcmp(chosen_isa(), "avx2") == 0) return team_rate(threads, rounds, sad_rate_avx2);
+#endif
+  return 0.0;
 }
 
 // ---- what a kept kernel object was made from ------------------------------------------------------------------
@@ -1477,6 +1494,7 @@ TORCH_LIBRARY(addernet_int8, m) {
   m.def("sad_isa() -> str", &sad_isa);
   m.def("sad_pack(Tensor qw) -> Tensor", &sad_pack);
   m.def("sad_limit(int threads) -> float[]", &sad_limit);
+  m.def("sad_rate(int threads, int rounds) -> float", &sad_rate);
   m.def("small_conv(Tensor x, Tensor weight, Tensor bias, int stride, int padding, bool relu) -> Tensor");
   m.def("small_conv_is_fast(int filters) -> bool", &small_conv_is_fast);
 }
