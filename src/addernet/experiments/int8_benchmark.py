@@ -132,7 +132,7 @@ def sad_rate_timer(threads: int, seconds: float = 0.002) -> Callable[[], float] 
     without the kernel or its SIMD. Taking turns with a network's calls, it tells how much of ``threads`` cores
     the machine gave in those same moments: a VM's host may, for a while, run the VM's two cores on one core's
     two hardware threads or give one of them to another guest (on the Zen 4 VM, 2 threads once ran the network
-    1.03x as fast as one, minutes after the SAD limit had measured 1.98x on its two cores)."""
+    1.03x as fast as one, minutes after the SAD limit had measured 1.97x on its two cores)."""
     if not int8.extension_available():
         return None
     probe = torch.ops.addernet_int8.sad_rate
