@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import sys
 
 import pytest
@@ -108,24 +109,62 @@ def test_thread_counts_take_turns_on_the_same_network_and_the_count_is_restored(
     assert sorted(scaling) == [1, 2] and all(v > 0 for v in scaling.values())
     assert torch.get_num_threads() == before
     # the SAD instruction on as many cores after each call, where the kernel has it (x86 with AVX2 or AVX-512BW)
-    assert sorted(cores) == ([1, 2] if int8_benchmark.sad_rate_timer(1) else [])
+    from addernet.nn.kernels import int8
+
+    simd = int8.extension_available() and int8.instruction_set() in ("avx2", "avx512bw")
+    assert sorted(cores) == ([1, 2] if simd else [])
     assert all(v > 1e8 for v in cores.values())
 
 
 @needs_kernel
-def test_the_sad_probe_runs_on_as_many_cores_as_asked():
-    """The short SAD probe: instructions a second on each core, summed (two cores at once at least as much as
-    half of one: on one core shared by two threads the sum stays about one core's); 0 on the portable path."""
+def test_the_sad_probes_run_on_as_many_cores_as_asked():
+    """The SAD limit and the short probe on two cores: the limit's six figures; the probe's rate of the two
+    together, at least one core's worth of a quarter of the limit (a probe of 2 ms on a busy machine) and at most
+    the two cores' limit with room for the clock's own error."""
     from addernet.nn.kernels import int8
 
-    probe = torch.ops.addernet_int8.sad_rate
-    if int8.instruction_set() == "portable":
-        assert probe(1, 1000) == 0 and int8_benchmark.sad_rate_timer(1) is None
-        return
-    one, two = int8_benchmark.sad_rate_timer(1)(), int8_benchmark.sad_rate_timer(2)()
-    assert one > 1e8 and two > 0.5 * one
+    if int8.instruction_set() not in ("avx2", "avx512bw"):
+        pytest.skip("the SAD probes run on x86 with AVX2 or AVX-512BW")
+    limit = int8_benchmark.sad_limit(2, tries=1)
+    assert limit.threads == 2 and limit.pairs_per_instruction in (32, 64) and 0.2e9 < limit.clock_hz < 10e9
+    assert 2e8 < limit.instructions_per_second and 1e8 < limit.with_add_per_second
+    two = int8_benchmark.sad_throughput_timer(2)()
+    assert limit.instructions_per_second / 8 < two < 1.5 * limit.instructions_per_second
     with pytest.raises(RuntimeError, match="threads and rounds must be >= 1"):
-        probe(0, 1000)
+        int8_benchmark.sad_throughput(0, 1000)
+
+
+def test_the_sad_probe_is_set_for_the_time_asked(monkeypatch):
+    """About ``seconds`` of SAD: the rounds from one core's rate (12 instructions a round), at least 1,000."""
+    calls = []
+
+    def throughput(threads, rounds):
+        calls.append((threads, rounds))
+        return 3.6e9  # instructions/s
+
+    monkeypatch.setattr(int8_benchmark, "sad_throughput", throughput)
+    monkeypatch.setattr(int8_benchmark, "sad_rounds_per_second", lambda: 3.6e9 / 12)
+    assert int8_benchmark.sad_throughput_timer(2)() == 3.6e9 and calls == [(2, 600_000)]
+    assert int8_benchmark.sad_throughput_timer(1, seconds=1e-9)() == 3.6e9 and calls[-1] == (1, 1000)
+    monkeypatch.setattr(int8_benchmark, "sad_rounds_per_second", lambda: 0.0)  # the portable path
+    assert int8_benchmark.sad_throughput_timer(2) is None
+
+
+@needs_kernel
+def test_the_portable_path_has_no_sad_probe():
+    """Where the kernel runs portable C++ (here forced), no SAD rate: the probe gives 0, its timer None, and the
+    2-thread profile runs without it."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from addernet.experiments import int8_benchmark as B\n"
+            "assert B.sad_throughput(1, 1000) == 0 and B.sad_throughput_timer(2) is None\n"
+            "torch.set_num_threads(2); x = torch.randn(2, 3, 8, 8)\n"
+            "profile, terms, cores = B.profile(B.int8_adder('resnet20', x), x, warmup=0, repeats=1)\n"
+            "assert cores is None and profile[B.KERNEL_ALONE] > 0\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ADDERNET_SAD_ISA": "portable"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_a_run_timer_calls_back_to_back_and_gives_seconds_per_call(monkeypatch):
@@ -194,16 +233,17 @@ def test_the_whole_network_and_the_kernel_alone_take_turns_and_keep_the_best_run
     monkeypatch.setattr(int8_benchmark, "run_timer",
                         lambda fn, per_call: lambda: order.append("network") or next(network_runs))
     monkeypatch.setattr(int8_benchmark, "inner_loop_timer", loop_timer)
-    # the SAD probe on both cores at once and on one: 2 cores give 1.0x, 1.5x or 2.0x one's rate, by round
-    core_rates = {2: iter([1e9, 1.5e9, 2e9] * 5), 1: iter([1e9] * 15)}
-    monkeypatch.setattr(int8_benchmark, "sad_rate_timer",
+    # the SAD probe on both cores at once and on one, each moving from round to round: 2 cores give 1x, 1x and 2x
+    # one's rate in the same rounds (the medians of each, 2e9 and 1e9, would say 2x)
+    core_rates = {2: iter([1e9, 2e9, 2e9] * 5), 1: iter([1e9, 2e9, 1e9] * 5)}
+    monkeypatch.setattr(int8_benchmark, "sad_throughput_timer",
                         lambda threads: lambda: order.append(f"cores {threads}") or next(core_rates[threads]))
     x = torch.randn(3, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     model = int8_benchmark.int8_adder("resnet20", x)
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        profile, _ = int8_benchmark.profile(model, x, warmup=0, repeats=2)
+        profile, _, cores = int8_benchmark.profile(model, x, warmup=0, repeats=2)
     finally:
         torch.set_num_threads(previous)
     layers = len(loop_runs)
@@ -211,7 +251,18 @@ def test_the_whole_network_and_the_kernel_alone_take_turns_and_keep_the_best_run
     assert profile[int8_benchmark.BEST_WHOLE] == 1.0
     # 2 images for the busiest of 2 threads, times each layer's best run
     assert profile[int8_benchmark.KERNEL_ALONE] == pytest.approx(2 * sum(0.01 + 0.001 * k for k in range(20)))
-    assert profile[int8_benchmark.CORES] == 1.5  # the medians' ratio
+    assert cores == 1.0  # the median of the rounds' ratios
+    # without the kernel's SIMD (the portable path): no probe, the rounds as before
+    monkeypatch.setattr(int8_benchmark, "sad_throughput_timer", lambda threads: None)
+    order.clear()
+    loop_runs.clear()
+    network_runs = iter([1.0] * 7)
+    try:
+        torch.set_num_threads(2)
+        _, _, cores = int8_benchmark.profile(model, x, warmup=0, repeats=2)
+    finally:
+        torch.set_num_threads(previous)
+    assert cores is None and order == (["network"] + list(range(layers))) * 7
 
 
 def report_of(adder_64: float, avx512: bool = False, engine: str = "onednn", onednn: str = "", vnni: bool = False,
@@ -254,19 +305,26 @@ def test_the_goals_say_what_the_cores_gave_where_it_was_measured():
     report.scaling = {1: 1_100.0, 2: 1_133.0}
     report.core_scaling = {1: 3.6e9, 2: 3.78e9}
     two = report.cells[1]
-    two.profile[B.BEST_WHOLE], two.profile[B.CORES] = 0.05, 1.05
+    two.profile[B.BEST_WHOLE], two.cores = 0.05, 1.05
     lines = B.goals(report)
     assert lines[1].endswith("lowest 68% (2 threads, batch 64; there the SAD instruction on its 2 cores at once ran "
                              "1.05x one core's rate, in the same rounds), NOT met")
     assert lines[3] == ("2 threads >= 1.8x one thread at batch 64 (side by side): 1.03x; the SAD instruction on 2 "
                         "cores at once, after each call, 1.05x one core's rate, NOT met")
     text = B.markdown(report)
-    assert "| 64 | 50.000 |" in text and "| 68% | 1.05x |" in text
+    assert "| 68% | 1.05x |" in text  # the 2-thread profile's last column
+    for threads, cells in ((1, 10), (2, 11)):  # the profile tables: batch, 5 parts, 4 figures (2 threads: + cores)
+        table = text.split(f"time goes, {threads} thread")[1].split("\n\n")[1].splitlines()
+        assert [row.count("|") - 1 for row in table] == [cells] * 3
+    assert report.as_dict()["core_scaling"] == {1: 3.6e9, 2: 3.78e9}
+    assert [c["cores"] for c in report.as_dict()["cells"]] == [None, 1.05]
     assert "- 2 threads: 1,133 img/s (1.03x); the SAD instruction on 2 cores at once, after each call: 3.78e+09/s " \
            "(1.05x)" in text
     rows = B.goals_over_runs([report]).splitlines()
     assert "| whole network >= 80% of its kernel's rate | lowest 68% (cores 1.05x) | 0 of 1 |" in rows
     assert "| 2 threads >= 1.8x one thread, batch 64 | 1.03x (cores 1.05x) | 0 of 1 |" in rows
+    two.cores = None  # a 2-thread cell where the probe did not run
+    assert "| 68% | - |" in B.markdown(report)
 
 
 def test_each_goal_is_counted_over_runs():

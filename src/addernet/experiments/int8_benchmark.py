@@ -19,7 +19,9 @@ than the absolute speeds when those drift (not always: a change of load within a
   layer's inner loop on its input in the network);
 - the int8 adder layer alone on ResNet-20's shapes against fp32 convolution, and its inner loop as a share of
   the SAD limit;
-- one against two threads on the same network, taking turns;
+- one against two threads on the same network, taking turns, each call followed by the SAD instruction on as
+  many cores at once: what the machine's cores gave in the same moments (also in each round of the 2-thread
+  profile);
 - each of the int8 issue's goals, computed from the figures above, met or not; with ``--runs N``, the whole
   benchmark N times and then each goal's figure in every run and how many runs met it.
 """
@@ -126,21 +128,31 @@ def sad_limit(threads: int, tries: int = 7) -> SadLimit | None:
     return SadLimit(threads, sad, int(pairs), clock, with_add, vnni, int(vnni_pairs)) if sad > 0 else None
 
 
-def sad_rate_timer(threads: int, seconds: float = 0.002) -> Callable[[], float] | None:
-    """A function that runs the SAD instruction on ``threads`` cores at once for about ``seconds`` (12 chains on
-    registers on each, as in :func:`sad_limit`) and returns its rate summed over the cores (instructions/s); None
-    without the kernel or its SIMD. Taking turns with a network's calls, it tells how much of ``threads`` cores
-    the machine gave in those same moments: a VM's host may, for a while, run the VM's two cores on one core's
-    two hardware threads or give one of them to another guest (on the Zen 4 VM, 2 threads once ran the network
-    1.03x as fast as one, minutes after the SAD limit had measured 1.97x on its two cores)."""
-    if not int8.extension_available():
+def sad_throughput(threads: int, rounds: int) -> float:
+    """SAD instructions a second of ``threads`` cores together, each running ``rounds`` rounds of 12 (the kernel's
+    ``sad_throughput``: timed from the team's start to its last thread's end); 0 without the kernel or on its
+    portable path."""
+    return torch.ops.addernet_int8.sad_throughput(threads, rounds) if int8.extension_available() else 0.0
+
+
+@functools.cache
+def sad_rounds_per_second() -> float:
+    """One core's SAD probe rounds a second, from a run of 1e5 (about 0.3 ms); 0 without the kernel's SIMD."""
+    return sad_throughput(1, 100_000) / 12
+
+
+def sad_throughput_timer(threads: int, seconds: float = 0.002) -> Callable[[], float] | None:
+    """A function that runs the SAD instruction on ``threads`` cores at once for about ``seconds`` and returns
+    their rate together (:func:`sad_throughput`, instructions/s); None without the kernel or its SIMD. Taking
+    turns with a network's calls, it tells how much of ``threads`` cores the machine gave in those same moments:
+    a VM's host may, for a while, run the VM's two cores on one core's two hardware threads or give one of them to
+    another guest (on the Zen 4 VM, 2 threads once ran the network 1.03x as fast as one, minutes after the SAD
+    limit had measured 1.97x on its two cores)."""
+    per_second = sad_rounds_per_second()
+    if per_second <= 0:
         return None
-    probe = torch.ops.addernet_int8.sad_rate
-    rate = probe(1, 100_000)  # instructions/s on one core, 12 a round
-    if rate <= 0:
-        return None
-    rounds = max(1000, round(seconds * rate / 12))
-    return lambda: probe(threads, rounds)
+    rounds = max(1000, round(seconds * per_second))
+    return lambda: sad_throughput(threads, rounds)
 
 
 VNNI = ("avx512_vnni", "avx_vnni")
@@ -278,6 +290,7 @@ class Cell:
     engine: str  # PyTorch's quantized engine the int8 CNN ran on (the fastest here)
     profile: dict[str, float] = field(default_factory=dict)  # seconds per batch
     terms: int = 0  # |x - w| terms of the adder layers per batch
+    cores: float | None = None  # on more than one thread, what the cores gave while profiled (see profile)
 
     def ratio(self, method: str, baseline: str) -> float:
         return self.img_per_s[method] / self.img_per_s[baseline]
@@ -287,8 +300,8 @@ ADDER, CNN_FP32, CNN_INT8 = "int8 adder", "fp32 CNN (channels last, same stem an
 ADDERS, REST = "adder layers (int8 kernel, one call)", "rest (the whole minus the parts)"
 KERNEL_ALONE = "the kernel alone (inner loop), the adder layers summed"
 BEST_WHOLE = "whole network, its best run of calls"
-CORES = "the cores: SAD on all of them at once against one, in the same rounds"
-MEASURES = (KERNEL_ALONE, BEST_WHOLE, CORES)  # in a cell's profile beside the parts' seconds
+MEASURES = (KERNEL_ALONE, BEST_WHOLE)  # in a cell's profile beside the parts' seconds
+CORES = "the cores: SAD on all of them at once against one, in the same rounds (median of the rounds' ratios)"
 
 
 def measure_cell(name: str, batch: int, warmup: int, repeats: int) -> Cell:
@@ -302,7 +315,7 @@ def measure_cell(name: str, batch: int, warmup: int, repeats: int) -> Cell:
     methods = {ADDER: lambda: adder(x), CNN_FP32: lambda: cnn(x), CNN_INT8: lambda: cnn8(x)}
     seconds = side_by_side(methods, warmup, repeats)
     cell = Cell(torch.get_num_threads(), batch, {m: batch / s for m, s in seconds.items()}, engine)
-    cell.profile, cell.terms = profile(adder, x, warmup, repeats)
+    cell.profile, cell.terms, cell.cores = profile(adder, x, warmup, repeats)
     return cell
 
 
@@ -310,11 +323,11 @@ def thread_scaling(name: str, batch: int, threads: list[int], warmup: int,
                    repeats: int) -> tuple[dict[int, float], dict[int, float]]:
     """img/s of the int8 adder network by thread count, the thread counts taking turns call by call (so that the
     ratio holds when a shared machine's speed drifts; the switch itself is outside the timed call); and, after
-    each call, the SAD instruction on as many cores at once (:func:`sad_rate_timer`): its rate by thread count
+    each call, the SAD instruction on as many cores at once (:func:`sad_throughput_timer`): its rate by thread count
     (medians; empty without the kernel's SIMD), what the cores themselves gave in the same rounds."""
     x = torch.randn(batch, *IMAGE).contiguous(memory_format=torch.channels_last)
     adder = int8_adder(name, x)
-    probes = {n: sad_rate_timer(n) for n in threads}
+    probes = {n: sad_throughput_timer(n) for n in threads}
     previous = torch.get_num_threads()
     times: dict[int, list[float]] = {n: [] for n in threads}
     rates: dict[int, list[float]] = {n: [] for n in threads}
@@ -335,7 +348,8 @@ def thread_scaling(name: str, batch: int, threads: list[int], warmup: int,
             {n: statistics.median(r) for n, r in rates.items() if r})
 
 
-def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> tuple[dict[str, float], int]:
+def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int,
+            repeats: int) -> tuple[dict[str, float], int, float | None]:
     """Seconds per batch of the whole network and of its parts, each part timed alone on the inputs it gets in
     the network: the adder layers (one call for all of a ResNet's stages), the float stem, pooling and
     classifier, and the rest, the whole minus the parts (medians): below zero where the whole network runs as
@@ -350,8 +364,9 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
     once: at batch 64 a call is longer; the loop's passes repeated in one call after one untimed pass), seconds
     per call or pass; the network's best run, and each layer's best run summed (each layer at its best,
     whichever round it came in: if anything, the share errs against the network). On more than one thread each
-    round also runs the SAD instruction on all the threads' cores at once and on one (:func:`sad_rate_timer`):
-    the ratio of their medians says whether the machine gave the cores the reference assumes."""
+    round also runs the SAD instruction on all the threads' cores at once and on one
+    (:func:`sad_throughput_timer`): the median of the rounds' ratios (returned last; None on one thread or
+    without the kernel's SIMD) says whether the machine gave the cores the reference assumes."""
     calls: list[tuple[Int8Adder2d, torch.Tensor]] = []
     terms = 0  # each output value sums in_channels * k * k terms
 
@@ -382,20 +397,17 @@ def profile(model: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) 
         if int8.extension_available() else []
     whole = run_timer(lambda: model(x), result["whole network"])
     threads = torch.get_num_threads()
-    # on more than one thread the reference assumes a core for each: SAD on all of them at once and on one, in
-    # every round, tells whether the machine gave them
-    cores = [sad_rate_timer(threads), sad_rate_timer(1)] if threads > 1 and loops else []
+    probes = [sad_throughput_timer(threads), sad_throughput_timer(1)] if threads > 1 and loops else []
+    probes = probes if all(probes) else []
     with torch.no_grad():
-        rounds = [(whole(), [loop() for loop in loops], [probe() for probe in cores])
+        rounds = [(whole(), [loop() for loop in loops], [probe() for probe in probes])
                   for _ in range(max(7, repeats // 2))]
     result[BEST_WHOLE] = min(seconds for seconds, _, _ in rounds)
     if loops:
         images_per_thread = -(-x.shape[0] // threads)
         result[KERNEL_ALONE] = images_per_thread * sum(map(min, zip(*(passes for _, passes, _ in rounds))))
-    if cores and all(cores):
-        all_cores, one = zip(*(rates for _, _, rates in rounds))
-        result[CORES] = statistics.median(all_cores) / statistics.median(one)
-    return result, terms
+    cores = statistics.median(all_cores / one for _, _, (all_cores, one) in rounds) if probes else None
+    return result, terms, cores
 
 
 def run_timer(fn: Callable[[], object], per_call: float, seconds: float = 0.005) -> Callable[[], float]:
@@ -536,11 +548,11 @@ def markdown(report: Report) -> str:
                        f"{v:,.0f} ({c.ratio(m, CNN_FP32):.2f}x{f', {c.engine}' if m == CNN_INT8 else ''})"
                        for m, v in c.img_per_s.items()) + f" | {c.ratio(ADDER, CNN_INT8):.2f}x |" for c in cells))
         parts = [p for p in cells[0].profile if p not in MEASURES]
-        cores = f" {CORES} |" if n > 1 else ""
+        cores_header = f" {CORES} |" if n > 1 else ""
         out.append(f"## Where the int8 adder network's time goes, {n} thread{'s' * (n > 1)}: ms per batch "
                    f"(share of the whole)\n\n"
                    f"| batch | {' | '.join(parts)} | adder terms/s in the network | {BEST_WHOLE} | {KERNEL_ALONE} | "
-                   f"the network at, of the kernel's rate (best run against best run, taking turns) |{cores}\n"
+                   f"the network at, of the kernel's rate (best run against best run, taking turns) |{cores_header}\n"
                    f"|---|{'---|' * (len(parts) + 4 + (n > 1))}\n" +
                    "\n".join(f"| {c.batch} | {1000 * c.profile[parts[0]]:.3f} | " + " | ".join(
                        f"{1000 * c.profile[p]:.3f} ({c.profile[p] / c.profile[parts[0]]:.0%})" for p in parts[1:]) +
@@ -562,13 +574,13 @@ def markdown(report: Report) -> str:
                                 if r.sums_terms_per_s is not None else "(measured once, in the first table) | |")
                              for r in rates))
     if report.scaling:
-        base, cores = min(report.scaling), report.core_scaling
+        base, sad_by_threads = min(report.scaling), report.core_scaling
 
         def core_line(n: int) -> str:
-            if n not in cores or base not in cores:
+            if n not in sad_by_threads or base not in sad_by_threads:
                 return ""
-            return (f"; the SAD instruction on {n} core{'s' * (n > 1)} at once, after each call: {cores[n]:.3g}/s "
-                    f"({cores[n] / cores[base]:.2f}x)")
+            return (f"; the SAD instruction on {n} core{'s' * (n > 1)} at once, after each call: "
+                    f"{sad_by_threads[n]:.3g}/s ({sad_by_threads[n] / sad_by_threads[base]:.2f}x)")
         out.append(f"## Threads, batch {report.scaling_batch}, the thread counts taking turns call by call\n\n" +
                    "\n".join(f"- {n} thread{'s' * (n > 1)}: {v:,.0f} img/s ({v / report.scaling[base]:.2f}x)"
                              f"{core_line(n)}" for n, v in report.scaling.items()))
@@ -591,7 +603,7 @@ def network_share(cell: Cell) -> float:
 def cores_figure(cell: Cell) -> str:
     """How much of its threads' cores the machine gave while the cell's network and kernel took turns (the SAD
     instruction on all of them at once against one core, :func:`profile`), or "-" where not measured."""
-    return f"{cell.profile[CORES]:.2f}x" if CORES in cell.profile else "-"
+    return f"{cell.cores:.2f}x" if cell.cores is not None else "-"
 
 
 def instruction_shares(report: Report) -> str:
@@ -635,14 +647,14 @@ def goal_results(report: Report) -> list[Goal]:
     share = network_share(lowest)
     vs_kernel = f"lowest {share:.0%}"
     where = f"{lowest.threads} thread{'s' * (lowest.threads > 1)}, batch {lowest.batch}"
-    if CORES in lowest.profile:
+    if lowest.cores is not None:
         where += (f"; there the SAD instruction on its {lowest.threads} cores at once ran {cores_figure(lowest)} "
                   f"one core's rate, in the same rounds")
     results = [Goal(">= 2x the fp32 CNN twin", vs_fp32, f"int8 adder >= 2x the fp32 CNN twin at every batch and "
                                                         f"thread count: {vs_fp32}, {verdict(low_fp32 >= 2)}",
                     low_fp32 >= 2),
                Goal("whole network >= 80% of its kernel's rate",
-                    vs_kernel + (f" (cores {cores_figure(lowest)})" if CORES in lowest.profile else ""),
+                    vs_kernel + (f" (cores {cores_figure(lowest)})" if lowest.cores is not None else ""),
                     f"whole network >= 80% of its adder layers' summed kernel rate (the inner loop alone): "
                     f"{vs_kernel} ({where}), {verdict(share >= 0.8)}", share >= 0.8)]
     core = core_limit(report)
@@ -657,14 +669,14 @@ def goal_results(report: Report) -> list[Goal]:
                             f"{verdict(ok)}", ok))
     if 1 in report.scaling and 2 in report.scaling:
         scaling = report.scaling[2] / report.scaling[1]
-        figure, cores = f"{scaling:.2f}x", ""
+        figure, cores_note = f"{scaling:.2f}x", ""
         if 1 in report.core_scaling and 2 in report.core_scaling:
             machine = report.core_scaling[2] / report.core_scaling[1]
             figure += f" (cores {machine:.2f}x)"
-            cores = f"; the SAD instruction on 2 cores at once, after each call, {machine:.2f}x one core's rate"
+            cores_note = f"; the SAD instruction on 2 cores at once, after each call, {machine:.2f}x one core's rate"
         results.append(Goal(f"2 threads >= 1.8x one thread, batch {report.scaling_batch}", figure,
                             f"2 threads >= 1.8x one thread at batch {report.scaling_batch} (side by side): "
-                            f"{scaling:.2f}x{cores}, {verdict(scaling >= 1.8)}", scaling >= 1.8))
+                            f"{scaling:.2f}x{cores_note}, {verdict(scaling >= 1.8)}", scaling >= 1.8))
     if report.vnni and not report.onednn_cap:
         results.append(Goal("equal to PyTorch's int8 CNN (VNNI; the moonshot)", vs_int8,
                             f"int8 adder vs PyTorch's int8 CNN twin on a CPU with VNNI: {vs_int8} (goal: as close as "
